@@ -1,0 +1,99 @@
+"""Shared defaults for every experiment.
+
+    from configs import base
+    def get_config(arg=None):
+      config = base.get_config()
+      config.model.name = "cnn"
+      return config
+
+Every field a run reads is declared here with its type, so that a command-line
+override of the wrong type, or of a key that does not exist, is refused.
+"""
+
+import ml_collections
+
+
+def parse_arg(arg, **defaults):
+  """Parses "runlocal,size=small" into a ConfigDict, typed by `defaults`.
+
+  A bare word is a boolean flag; `key=value` casts to the default's type.
+  """
+  parsed = ml_collections.ConfigDict(defaults)
+  for item in (arg or "").split(","):
+    item = item.strip()
+    if not item:
+      continue
+    key, _, value = item.partition("=")
+    if key not in defaults:
+      raise ValueError(
+          f"unknown config argument {key!r}; known: {sorted(defaults)}")
+    kind = type(defaults[key])
+    if kind is bool:
+      parsed[key] = value.lower() not in ("0", "false", "no") if value else True
+    else:
+      parsed[key] = kind(value)
+  return parsed
+
+
+def get_config():
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  config.model = ml_collections.ConfigDict()
+  config.model.name = "cnn"  # a registered name, or "package.module:Class"
+  # Every other field of config.model is passed to the model's constructor.
+
+  config.data = ml_collections.ConfigDict()
+  config.data.name = "digits"          # digits | fashion_mnist | synthetic | any TFDS name
+  config.data.tfds_dir = ""            # "" -> $TFDS_DATA_DIR or ~/tensorflow_datasets
+  config.data.source_dir = ""          # local raw files (Fashion-MNIST IDX); "" -> the builder's default
+  config.data.train_split = "train"
+  config.data.eval_split = "test"
+  config.data.batch_size = 64          # global, across all devices and processes
+  config.data.eval_batch_size = 256    # global
+  config.data.random_crop = 0          # pad by this many pixels, then crop back; 0 = off
+  config.data.random_flip = False      # horizontal flip
+  config.data.worker_threads = 2       # grain read threads
+  config.data.prefetch = 4             # batches prefetched by grain
+  config.data.synthetic_shape = (8, 8, 1)
+  config.data.synthetic_classes = 10
+
+  config.task = ml_collections.ConfigDict()
+  config.task.name = "classification"
+  config.task.label_smoothing = 0.0
+
+  config.optim = ml_collections.ConfigDict()
+  config.optim.name = "adamw"          # adamw | sgd
+  config.optim.learning_rate = 1e-3
+  config.optim.schedule = "warmup_cosine"  # constant | warmup_cosine | warmup_linear
+  config.optim.warmup_steps = 0
+  config.optim.end_learning_rate_factor = 0.0  # final lr as a fraction of peak
+  config.optim.weight_decay = 0.0      # decoupled; masked off biases and norm scales
+  config.optim.b1 = 0.9
+  config.optim.b2 = 0.999
+  config.optim.eps = 1e-8
+  config.optim.momentum = 0.9          # sgd
+  config.optim.nesterov = False        # sgd
+  config.optim.clip_norm = 0.0         # global-norm clipping; 0 = off
+  config.optim.grad_accum_steps = 1    # micro-batches per step; batch_size must divide
+
+  config.train = ml_collections.ConfigDict()
+  config.train.num_steps = 1000
+  config.train.log_every = 50
+  config.train.eval_every = 500        # 0 = only at the end
+  config.train.checkpoint_every = 500  # 0 = only at the end
+  config.train.keep_checkpoints = 3    # the newest N
+  config.train.keep_period = 0         # and every K-th step for good; 0 = none
+  config.train.async_checkpoints = True
+
+  config.eval = ml_collections.ConfigDict()
+  config.eval.step = -1                # --mode=eval: -1 = newest checkpoint
+
+  # Mesh axis sizes; one may be -1 to take the remaining devices.
+  config.mesh = ml_collections.ConfigDict()
+  config.mesh.data = -1
+  config.mesh.fsdp = 1
+  config.mesh.tensor = 1
+
+  config.dtype = "float32"             # compute dtype: float32 | bfloat16 (params stay float32)
+  return config

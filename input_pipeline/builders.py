@@ -1,0 +1,102 @@
+"""TFDS builders for the offline datasets, written as ArrayRecord without TensorFlow.
+
+    builder = Digits(data_dir=tfds_dir, file_format="array_record")
+    builder.download_and_prepare()
+    source = builder.as_data_source()["train"]   # random access: source[i] -> dict
+
+Both store `image` as uint8 HxWx1 and `label` as a ClassLabel.
+"""
+
+import gzip
+import os
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+FASHION_MNIST_CLASSES = ["t-shirt_top", "trouser", "pullover", "dress", "coat",
+                         "sandal", "shirt", "sneaker", "bag", "ankle_boot"]
+
+
+def _features(shape):
+  return tfds.features.FeaturesDict({
+      "image": tfds.features.Tensor(shape=shape, dtype=np.uint8),
+      "label": tfds.features.ClassLabel(num_classes=10),
+  })
+
+
+class Digits(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """scikit-learn's 1,797 8x8 digits; a fixed seeded 80/20 train/test split."""
+  name = "whetstone_digits"
+  VERSION = tfds.core.Version("1.0.0")
+  TEST_FRACTION = 0.2
+  SPLIT_SEED = 0
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, features=_features((8, 8, 1)),
+                                 supervised_keys=("image", "label"))
+
+  def _split_generators(self, dl_manager):
+    from sklearn.datasets import load_digits
+    digits = load_digits()
+    order = np.random.RandomState(self.SPLIT_SEED).permutation(len(digits.target))
+    num_test = int(round(len(order) * self.TEST_FRACTION))
+    # sklearn's pixels are 0..16; scale to the usual 0..255 range.
+    images = np.clip(digits.images * 16, 0, 255).astype(np.uint8)[..., None]
+    return {"train": self._generate_examples(images, digits.target, order[num_test:]),
+            "test": self._generate_examples(images, digits.target, order[:num_test])}
+
+  def _generate_examples(self, images, labels, indices):
+    for i in indices:
+      yield int(i), {"image": images[i], "label": int(labels[i])}
+
+
+def read_idx(path):
+  """Reads one (optionally gzipped) IDX file into a numpy array."""
+  opener = gzip.open if path.endswith(".gz") else open
+  with opener(path, "rb") as f:
+    data = f.read()
+  if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+    raise ValueError(f"{path} is not an unsigned-byte IDX file")
+  ndim = data[3]
+  dims = np.frombuffer(data, ">u4", count=ndim, offset=4).astype(int)
+  expected = 4 + 4 * ndim + int(np.prod(dims))
+  if len(data) != expected:
+    raise ValueError(f"{path} is truncated: {len(data)} bytes, expected {expected}")
+  return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def missing_fashion_mnist_files(source_dir):
+  return [os.path.join(source_dir, f) for pair in FASHION_MNIST_FILES.values()
+          for f in pair if not os.path.isfile(os.path.join(source_dir, f))]
+
+
+class FashionMnistIdx(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Fashion-MNIST (Xiao et al., 2017) prepared from local IDX files."""
+  name = "whetstone_fashion_mnist"
+  VERSION = tfds.core.Version("1.0.0")
+
+  def __init__(self, *, source_dir=FASHION_MNIST_DIR, **kwargs):
+    self._source_dir = source_dir
+    super().__init__(**kwargs)
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, features=_features((28, 28, 1)),
+                                 supervised_keys=("image", "label"))
+
+  def _split_generators(self, dl_manager):
+    return {split: self._generate_examples(*files)
+            for split, files in FASHION_MNIST_FILES.items()}
+
+  def _generate_examples(self, images_file, labels_file):
+    images = read_idx(os.path.join(self._source_dir, images_file))
+    labels = read_idx(os.path.join(self._source_dir, labels_file))
+    if len(images) != len(labels):
+      raise ValueError(f"{images_file} has {len(images)} images but {labels_file} "
+                       f"has {len(labels)} labels")
+    for i, (image, label) in enumerate(zip(images, labels)):
+      yield i, {"image": image[..., None], "label": int(label)}

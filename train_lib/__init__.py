@@ -1,0 +1,20 @@
+"""Everything that turns (config, workdir) into a run.
+
+    import train_lib
+    result = train_lib.run("train", config, "runs/default")   # or "eval"
+
+Errors a user can fix raise train_lib.UserError (exit code 2 from main.py).
+"""
+
+from train_lib.errors import Diverged, Preempted, UserError  # noqa: F401
+
+MODES = ("train", "eval")
+
+
+def run(mode: str, config, workdir: str) -> dict:
+  from train_lib import loop
+  if mode == "train":
+    return loop.train(config, workdir)
+  if mode == "eval":
+    return loop.evaluate(config, workdir)
+  raise UserError(f"--mode={mode} is unknown; use one of {MODES}")

@@ -1,0 +1,71 @@
+"""Checkpoints: train state and data-iterator position, committed together per step.
+
+    ckpt = Checkpointer(workdir, config.train)
+    ckpt.save(step, state, data.train_iter)          # asynchronous; atomic per step
+    state = ckpt.restore(step, target, data.train_iter)  # target: ShapeDtypeStructs with shardings
+    ckpt.close()                                      # waits for pending saves
+
+Restoring onto a different mesh or device count works: arrays are read
+straight into the target's shardings.
+"""
+
+import os
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+from train_lib.errors import UserError
+
+
+def sharded_target(abstract_state, shardings):
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      abstract_state, shardings)
+
+
+class Checkpointer:
+
+  def __init__(self, workdir: str, train_config=None, *, read_only: bool = False):
+    self.directory = os.path.join(workdir, "checkpoints")
+    keep = train_config.keep_checkpoints if train_config else None
+    period = train_config.keep_period if train_config else 0
+    if read_only and not os.path.isdir(self.directory):
+      raise UserError(f"no checkpoint in {workdir}: {self.directory} does not exist; "
+                      "train first or point --workdir at a run")
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep or None, keep_period=period or None, create=not read_only,
+        read_only=read_only, cleanup_tmp_directories=not read_only,
+        enable_async_checkpointing=bool(train_config and train_config.async_checkpoints))
+    self.manager = ocp.CheckpointManager(
+        self.directory, options=options,
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "data": grain.checkpoint.CheckpointHandler()})
+
+  def all_steps(self):
+    return sorted(self.manager.all_steps())
+
+  def latest_step(self):
+    return self.manager.latest_step()
+
+  def save(self, step: int, state, data_iter) -> bool:
+    return self.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iter)),
+        force=True)
+
+  def restore(self, step: int, target, data_iter=None):
+    """Restores `step` into `target`; also the data position when data_iter is given."""
+    steps = self.all_steps()
+    if step not in steps:
+      raise UserError(f"step {step} not found in {self.directory}; available: {steps}")
+    args = {"state": ocp.args.StandardRestore(target)}
+    if data_iter is not None:
+      args["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+    restored = self.manager.restore(step, args=ocp.args.Composite(**args))
+    return restored["state"]
+
+  def wait(self):
+    self.manager.wait_until_finished()
+
+  def close(self):
+    self.manager.wait_until_finished()
+    self.manager.close()

@@ -1,0 +1,213 @@
+"""The run, top to bottom: mesh, input, model and optimizer, sharded state, steps,
+checkpoints, loop, evaluation.
+
+    result = loop.train(config, workdir)     # resumes from the newest checkpoint
+    result = loop.evaluate(config, workdir)  # newest (or config.eval.step) checkpoint
+"""
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+
+import input_pipeline
+import models
+from train_lib import capsule, checkpointing, optim, partitioning, state as state_lib, step
+from train_lib import tasks, writers
+from train_lib.errors import Diverged, UserError
+
+DTYPES = {"float32": "float32", "bfloat16": "bfloat16"}
+
+
+@dataclasses.dataclass
+class Setup:
+  mesh: Any
+  data: Any
+  model: Any
+  task: Any
+  tx: Any
+  schedule: Any
+  abstract_state: Any
+  state_sharding: Any
+
+
+def setup(config) -> Setup:
+  """Everything a run needs, validated before any device work."""
+  if config.dtype not in DTYPES:
+    raise UserError(f"dtype={config.dtype!r} is unknown; use one of {sorted(DTYPES)}")
+  if config.train.num_steps <= 0:
+    raise UserError(f"train.num_steps={config.train.num_steps} must be positive")
+  if config.optim.grad_accum_steps < 1:
+    raise UserError(f"optim.grad_accum_steps={config.optim.grad_accum_steps} must be >= 1")
+  mesh = partitioning.make_mesh(config.mesh)
+  partitioning.check_batch(config.data.batch_size, mesh, "batch_size")
+  partitioning.check_batch(config.data.eval_batch_size, mesh, "eval_batch_size")
+  accum = config.optim.grad_accum_steps
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  if config.data.batch_size % (accum * shards):
+    raise UserError(f"data.batch_size={config.data.batch_size} must be divisible by "
+                    f"optim.grad_accum_steps={accum} x {shards} data shards")
+
+  batch_sharding = partitioning.batch_sharding(mesh)
+  try:
+    data = input_pipeline.build(config.data, seed=config.seed, sharding=batch_sharding)
+  except input_pipeline.DataError as e:
+    raise UserError(str(e)) from None
+  try:
+    model = models.build(config.model, num_classes=data.num_classes,
+                         dtype=getattr(jax.numpy, DTYPES[config.dtype]))
+  except (models.ModelError, TypeError) as e:
+    raise UserError(str(e)) from None
+  task = tasks.build(config.task, num_classes=data.num_classes)
+  tx, schedule = optim.build(config.optim, config.train.num_steps)
+  abstract = state_lib.abstract_state(model, tx, data.example_shape, config.seed)
+  return Setup(mesh, data, model, task, tx, schedule, abstract,
+               partitioning.state_sharding(mesh, abstract))
+
+
+def prepare_workdir(workdir: str) -> str:
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f".write_test_{os.getpid()}")
+    with open(probe, "w"):
+      pass
+    os.remove(probe)
+  except OSError as e:
+    raise UserError(f"workdir {workdir} is not writable ({e.strerror}); "
+                    "choose another --workdir") from None
+  return workdir
+
+
+def _evaluate(s: Setup, eval_step, state) -> dict:
+  total = None
+  for batch in s.data.eval_batches():
+    sums = eval_step(state, batch)
+    total = sums if total is None else jax.tree.map(np.add, total, sums)
+  total = jax.device_get(total)
+  if int(total["count"]) != s.data.num_eval:
+    raise AssertionError(f"evaluated {total['count']} examples, expected {s.data.num_eval}")
+  return {**s.task.summarize(total), "num_examples": int(total["count"])}
+
+
+def train(config, workdir: str) -> dict:
+  s = setup(config)
+  workdir = prepare_workdir(workdir)
+  capsule.write(workdir, config)
+  tc = config.train
+  batch_sharding = partitioning.batch_sharding(s.mesh)
+  eval_step = step.compile_eval_step(s.model, s.task, s.state_sharding, batch_sharding)
+  ckpt = checkpointing.Checkpointer(workdir, tc)
+  writer = writers.Writer(workdir)
+  try:
+    latest = ckpt.latest_step()
+    if latest is not None:
+      target = checkpointing.sharded_target(s.abstract_state, s.state_sharding)
+      state = ckpt.restore(latest, target, s.data.train_iter)
+      logging.info("resumed from step %d in %s", latest, ckpt.directory)
+      writers.console(f"resumed from checkpoint at step {latest}")
+    else:
+      _, state = state_lib.create_sharded(s.model, s.tx, s.data.example_shape, config.seed,
+                                          s.mesh)
+    writers.console(f"model {config.model.name}: {state_lib.num_params(state.params):,} "
+                    f"parameters; {s.data.num_train:,} train / {s.data.num_eval:,} eval "
+                    f"examples; mesh {dict(s.mesh.shape)}")
+    start = int(state.step)
+    result = None
+    if start < tc.num_steps:
+      result = _train_loop(config, s, state, ckpt, writer, eval_step, batch_sharding, start)
+    else:
+      writers.console(f"already trained to step {start}; evaluating")
+    if result is None:
+      target = checkpointing.sharded_target(s.abstract_state, s.state_sharding)
+      state = ckpt.restore(ckpt.latest_step(), target)
+      result = {"step": int(state.step), "split": config.data.eval_split,
+                **_evaluate(s, eval_step, state)}
+    ckpt.close()
+  finally:
+    writer.close()
+  return result
+
+
+def _train_loop(config, s, state, ckpt, writer, eval_step, batch_sharding, start):
+  tc = config.train
+  train_step = step.compile_train_step(s.model, s.task, s.tx, s.schedule,
+                                       config.optim.grad_accum_steps, s.state_sharding,
+                                       batch_sharding)
+  batch = s.data.next_train()
+  t0 = time.perf_counter()
+  train_step = train_step.lower(state, batch).compile()
+  compile_s = time.perf_counter() - t0
+  writers.console(f"compiled train step in {compile_s:.1f}s")
+  writer.write(start, "train", {"compile_seconds": compile_s})
+
+  pending, result, last_saved = [], None, ckpt.latest_step()
+  t_log, steps_since_log = time.perf_counter(), 0
+  for i in range(start, tc.num_steps):
+    if i > start:
+      batch = s.data.next_train()
+    state, metrics = train_step(state, batch)
+    pending.append(metrics)
+    steps_since_log += 1
+    current = i + 1
+    last = current == tc.num_steps
+    if current % tc.log_every == 0 or last:
+      means = {k: float(np.mean([m[k] for m in jax.device_get(pending)])) for k in pending[0]}
+      pending = []
+      if not math.isfinite(means["loss"]):
+        raise Diverged(f"non-finite loss at step {current}; last good checkpoint: "
+                       f"{last_saved if last_saved is not None else 'none'}")
+      elapsed = time.perf_counter() - t_log
+      sps = steps_since_log / elapsed
+      means.update(steps_per_sec=sps, examples_per_sec=sps * config.data.batch_size)
+      writer.write(current, "train", means)
+      writers.console(
+          f"step {current}/{tc.num_steps} | loss {means['loss']:.4f} | "
+          f"acc {means['accuracy']:.3f} | {sps:.1f} steps/s | "
+          f"{means['examples_per_sec']:.0f} ex/s | ETA "
+          f"{writers.format_eta((tc.num_steps - current) / sps)}")
+      t_log, steps_since_log = time.perf_counter(), 0
+    if (tc.eval_every and current % tc.eval_every == 0) or last:
+      metrics = _evaluate(s, eval_step, state)
+      writer.write(current, config.data.eval_split, metrics)
+      writers.console(f"eval {config.data.eval_split} at step {current}: " +
+                      " ".join(f"{k} {v:.4f}" for k, v in metrics.items()
+                               if isinstance(v, float)))
+      result = {"step": current, "split": config.data.eval_split, **metrics}
+      t_log = time.perf_counter()  # eval time does not count against training speed
+    if (tc.checkpoint_every and current % tc.checkpoint_every == 0) or last:
+      ckpt.save(current, state, s.data.train_iter)
+      last_saved = current
+  return result
+
+
+def evaluate(config, workdir: str) -> dict:
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  ckpt = checkpointing.Checkpointer(workdir, read_only=True)
+  steps = ckpt.all_steps()
+  if not steps:
+    raise UserError(f"no checkpoint in {workdir}; train first or point --workdir at a run")
+  wanted = steps[-1] if config.eval.step < 0 else config.eval.step
+  if wanted not in steps:
+    raise UserError(f"step {wanted} not found in {ckpt.directory}; available: {steps}")
+  s = setup(config)
+  batch_sharding = partitioning.batch_sharding(s.mesh)
+  eval_step = step.compile_eval_step(s.model, s.task, s.state_sharding, batch_sharding)
+  target = checkpointing.sharded_target(s.abstract_state, s.state_sharding)
+  state = ckpt.restore(wanted, target)
+  ckpt.close()
+  result = {"step": wanted, "split": config.data.eval_split, "mode": "eval",
+            **_evaluate(s, eval_step, state)}
+  writer = writers.Writer(workdir)
+  writer.write(wanted, config.data.eval_split,
+               {k: v for k, v in result.items() if isinstance(v, (int, float))
+                and k != "step"}, mode="eval")
+  writer.close()
+  return result

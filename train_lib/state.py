@@ -1,0 +1,51 @@
+"""The train state: everything a step reads and writes, and what a checkpoint holds.
+
+    state_shardings, state = state.create_sharded(model, tx, example_shape, seed, mesh)
+
+The state is created directly in its sharded layout (eval_shape, then jit with
+out_shardings), never materialised whole on one device.
+"""
+
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+
+from train_lib import partitioning
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array        # int32 scalar: optimizer updates applied so far
+  params: Any            # float32 parameters
+  opt_state: Any
+  model_state: Any       # non-trained collections, e.g. {"batch_stats": ...}
+  rng: jax.Array         # base key; step keys are fold_in(rng, step)
+
+
+def init_fn(model, tx, example_shape, seed: int):
+  def init():
+    rng = jax.random.PRNGKey(seed)
+    init_rng, dropout_rng, state_rng = jax.random.split(rng, 3)
+    x = jnp.zeros((1, *example_shape), jnp.float32)
+    variables = model.init({"params": init_rng, "dropout": dropout_rng}, x, train=False)
+    variables = flax.core.unfreeze(variables)
+    params = variables.pop("params")
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=tx.init(params), model_state=variables, rng=state_rng)
+  return init
+
+
+def abstract_state(model, tx, example_shape, seed: int):
+  return jax.eval_shape(init_fn(model, tx, example_shape, seed))
+
+
+def create_sharded(model, tx, example_shape, seed: int, mesh):
+  init = init_fn(model, tx, example_shape, seed)
+  shardings = partitioning.state_sharding(mesh, jax.eval_shape(init))
+  return shardings, jax.jit(init, out_shardings=shardings)()
+
+
+def num_params(params) -> int:
+  return sum(x.size for x in jax.tree.leaves(params))

@@ -1,0 +1,56 @@
+"""Where metrics go: metrics.jsonl, TensorBoard event files, and the console.
+
+    writer = Writer(workdir)
+    writer.write(step, "train", {"loss": 0.3, "steps_per_sec": 90.0})
+    writer.close()
+
+Only process 0 writes; on other processes every call is a no-op.
+"""
+
+import json
+import os
+import sys
+
+import jax
+
+
+class Writer:
+
+  def __init__(self, workdir: str):
+    self.active = jax.process_index() == 0
+    if not self.active:
+      return
+    self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+    from tensorboardX import SummaryWriter
+    self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=30)
+
+  def write(self, step: int, split: str, metrics: dict, **extra):
+    if not self.active:
+      return
+    record = {"step": int(step), "split": split, **extra,
+              **{k: _plain(v) for k, v in metrics.items()}}
+    self.jsonl.write(json.dumps(record) + "\n")
+    self.jsonl.flush()
+    for key, value in metrics.items():
+      self.tb.add_scalar(f"{split}/{key}", _plain(value), int(step))
+
+  def close(self):
+    if self.active:
+      self.jsonl.close()
+      self.tb.close()
+
+
+def _plain(value):
+  value = float(value)
+  return int(value) if value.is_integer() and abs(value) < 2**53 else value
+
+
+def console(line: str):
+  """One progress line on stderr (stdout is kept for results)."""
+  if jax.process_index() == 0:
+    print(line, file=sys.stderr, flush=True)
+
+
+def format_eta(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
