@@ -8,6 +8,8 @@ Exit codes: 0 success, 2 bad input, 3 diverged, 75 preempted (checkpoint saved).
 """
 
 import json
+import os
+import re
 import sys
 
 from absl import app, flags, logging
@@ -28,10 +30,11 @@ def fail(message: str, code: int = 2):
 def parse_flags(argv):
   import jax
   jax.config.parse_flags_with_absl()  # JAX's own flags (--jax_platforms=cpu, ...)
+  _check_config_file(argv)
   try:
     rest = flags.FLAGS(argv)
   except Exception as e:  # flag and config-file errors come as many exception types
-    fail(_one_line(e))
+    fail(_explain(e, argv))
   for name in ("config", "workdir"):
     if flags.FLAGS[name].value is None:
       fail(f"--{name} is required; usage: python main.py --config=configs/default.py "
@@ -39,8 +42,26 @@ def parse_flags(argv):
   return rest
 
 
-def _one_line(e: Exception) -> str:
-  text = " ".join(str(e).split())
+def _check_config_file(argv):
+  for arg in argv[1:]:
+    if arg.startswith("--config="):
+      path = arg.split("=", 1)[1].split(":", 1)[0]
+      if not os.path.isfile(path):
+        fail(f"config file {path} not found; pass e.g. --config=configs/default.py")
+
+
+def _explain(e: Exception, argv) -> str:
+  raw = str(e).replace("\\n", "\n").replace("\\'", "'")
+  lines = [l.strip() for l in raw.splitlines() if l.strip()]
+  text = " ".join(lines)
+  typo = re.search(r'Did you mean "([^"]+)" instead of "([^"]+)"', text)
+  if typo:
+    flag = next((a.split("=")[0] for a in argv if a.startswith("--config.") and
+                 typo.group(2) in a.split("=")[0].split(".")), typo.group(2))
+    return f"unknown config key {flag.lstrip('-')}: did you mean {typo.group(1)!r}?"
+  if "Traceback (most recent call last)" in raw:  # get_config raised: keep its last line
+    where = next((a for a in reversed(argv) if a.startswith("--config=")), "--config")
+    return f"{where}: {lines[-1]}"
   return text or type(e).__name__
 
 
@@ -48,7 +69,7 @@ def main(argv):
   if len(argv) > 1:
     fail(f"unexpected arguments {argv[1:]}; every option is a --flag")
   import train_lib
-  logging.set_verbosity(logging.WARNING)
+  logging.set_verbosity(logging.ERROR)
   try:
     result = train_lib.run(_MODE.value, _CONFIG.value, _WORKDIR.value)
   except (train_lib.UserError, train_lib.Diverged, train_lib.Preempted) as e:

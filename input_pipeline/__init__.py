@@ -122,7 +122,10 @@ def open_source(config, seed: int = 0) -> Source:
 
 
 def _catalogue_prepared(name, data_dir) -> bool:
+  import glob
   import tensorflow_datasets as tfds
+  if not glob.glob(os.path.join(data_dir, name.split(":")[0], "*", "dataset_info.json")):
+    return False
   try:
     builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
   except Exception:

@@ -34,7 +34,7 @@ class Checkpointer:
                       "train first or point --workdir at a run")
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep or None, keep_period=period or None, create=not read_only,
-        read_only=read_only, cleanup_tmp_directories=not read_only,
+        cleanup_tmp_directories=not read_only,
         enable_async_checkpointing=bool(train_config and train_config.async_checkpoints))
     self.manager = ocp.CheckpointManager(
         self.directory, options=options,

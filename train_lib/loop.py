@@ -98,8 +98,8 @@ def _evaluate(s: Setup, eval_step, state) -> dict:
 
 
 def train(config, workdir: str) -> dict:
-  s = setup(config)
   workdir = prepare_workdir(workdir)
+  s = setup(config)
   capsule.write(workdir, config)
   tc = config.train
   batch_sharding = partitioning.batch_sharding(s.mesh)

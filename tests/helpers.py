@@ -1,0 +1,28 @@
+"""Running main.py as a user would, in a subprocess."""
+
+import json
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_main(*args, devices: int = 1, timeout: int = 600, check: bool = True):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  proc = subprocess.run([sys.executable, os.path.join(REPO, "main.py"), *args], cwd=REPO,
+                        env=env, capture_output=True, text=True, timeout=timeout)
+  if check and proc.returncode != 0:
+    raise AssertionError(f"main.py {' '.join(args)} exited {proc.returncode}:\n"
+                         f"{proc.stderr[-3000:]}")
+  return proc
+
+
+def last_json(stdout: str) -> dict:
+  return json.loads(stdout.strip().splitlines()[-1])
+
+
+def read_metrics(workdir: str):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
