@@ -143,8 +143,6 @@ def test_eval_without_checkpoint_is_an_error(tmp_path, tfds_dir):
   assert proc.returncode == 2 and "no checkpoint in" in proc.stderr
 
 
-@pytest.mark.skipif(not os.path.isdir("/usr/share/datasets/fashion-mnist"),
-                    reason="needs Debian's dataset-fashion-mnist (.ci/run installs it)")
 def test_fashion_mnist_resnet_runlocal(tmp_path, tfds_dir):
   proc = run_main("--config=configs/fashion_mnist_resnet.py:runlocal",
                   f"--workdir={tmp_path}", f"--config.data.tfds_dir={tfds_dir}",

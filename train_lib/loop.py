@@ -38,15 +38,18 @@ class Setup:
   state_sharding: Any
 
 
-def setup(config) -> Setup:
-  """Everything a run needs, validated before any device work."""
+def setup(config, devices=None) -> Setup:
+  """Everything a run needs, validated before any device work.
+
+  `devices` (default: all) lets tests and tools build the mesh over a subset.
+  """
   if config.dtype not in DTYPES:
     raise UserError(f"dtype={config.dtype!r} is unknown; use one of {sorted(DTYPES)}")
   if config.train.num_steps <= 0:
     raise UserError(f"train.num_steps={config.train.num_steps} must be positive")
   if config.optim.grad_accum_steps < 1:
     raise UserError(f"optim.grad_accum_steps={config.optim.grad_accum_steps} must be >= 1")
-  mesh = partitioning.make_mesh(config.mesh)
+  mesh = partitioning.make_mesh(config.mesh, devices)
   partitioning.check_batch(config.data.batch_size, mesh, "batch_size")
   partitioning.check_batch(config.data.eval_batch_size, mesh, "eval_batch_size")
   accum = config.optim.grad_accum_steps

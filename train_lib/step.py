@@ -63,7 +63,7 @@ def train_step(state, batch, *, model, task, tx, schedule, accum_steps: int):
   params = optax.apply_updates(state.params, updates)
   count = jnp.maximum(sums["count"], 1.0)
   metrics = {"loss": sums["loss"] / count, "accuracy": sums["correct"] / count,
-             "grad_norm": optax.global_norm(grads), "learning_rate": schedule(state.step)}
+             "grad_norm": optax.tree.norm(grads), "learning_rate": schedule(state.step)}
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                             model_state=model_state)
   return new_state, metrics

@@ -1,0 +1,59 @@
+"""Every shipped config loads, with and without its runlocal argument, and its
+model builds; configs import nothing of the project but other configs."""
+
+import ast
+import glob
+import importlib
+import os
+
+import pytest
+
+import models
+from configs import base
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(REPO, "configs", "*.py"))
+                 if not p.endswith(("__init__.py", "base.py")))
+
+
+def test_shipped_configs_are_the_expected_ones():
+  for name in ("default", "digits_mlp", "fashion_mnist_cnn", "fashion_mnist_resnet"):
+    assert name in CONFIGS
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("arg", [None, "runlocal"])
+def test_config_loads_and_model_builds(name, arg):
+  config = importlib.import_module(f"configs.{name}").get_config(arg)
+  assert config.model.name and config.train.num_steps > 0
+  models.build(config.model, num_classes=10)
+  module = importlib.import_module(f"configs.{name}")
+  assert "python main.py --config=configs/" in module.__doc__  # says how to launch it
+
+
+@pytest.mark.parametrize("path", glob.glob(os.path.join(REPO, "configs", "*.py")))
+def test_configs_import_only_configs_and_ml_collections(path):
+  tree = ast.parse(open(path).read())
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Import):
+      names = [a.name for a in node.names]
+    elif isinstance(node, ast.ImportFrom):
+      names = [node.module]
+    else:
+      continue
+    for n in names:
+      assert n.split(".")[0] in ("ml_collections", "configs"), (path, n)
+
+
+def test_parse_arg_types_and_errors():
+  parsed = base.parse_arg("runlocal,depth=34", runlocal=False, depth=18)
+  assert parsed.runlocal is True and parsed.depth == 34
+  with pytest.raises(ValueError, match="unknown config argument 'size'"):
+    base.parse_arg("size=2", runlocal=False)
+
+
+def test_resnet_depth_argument():
+  module = importlib.import_module("configs.fashion_mnist_resnet")
+  assert module.get_config("depth=34").model.stage_sizes == (3, 4, 6, 3)
+  with pytest.raises(ValueError, match="depth=50"):
+    module.get_config("depth=50")
