@@ -53,7 +53,8 @@ def get_config():
   config.data.eval_batch_size = 256    # global
   config.data.random_crop = 0          # pad by this many pixels, then crop back; 0 = off
   config.data.random_flip = False      # horizontal flip
-  config.data.worker_threads = 2       # grain read threads
+  config.data.worker_threads = 4       # grain threads, each preparing whole batches
+  config.data.cache_mb = 4096          # hold a split in memory if it fits; 0 = never
   config.data.prefetch = 4             # batches prefetched by grain
   config.data.synthetic_shape = (8, 8, 1)
   config.data.synthetic_classes = 10

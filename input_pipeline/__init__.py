@@ -57,7 +57,9 @@ def tfds_dir(config) -> str:
 
 def _prepare(builder):
   """Prepares a local builder once (process 0), then every process reads it."""
-  if jax.process_index() == 0 and not builder.is_prepared():
+  if builder.is_prepared():
+    return builder.as_data_source()
+  if jax.process_index() == 0:
     import tensorflow_datasets as tfds
     tfds.disable_progress_bar()
     builder.download_and_prepare()
@@ -134,60 +136,131 @@ def _catalogue_prepared(name, data_dir) -> bool:
       builder.info.file_format.value == "array_record"
 
 
+def read_batch(source, indices) -> dict:
+  """Examples `indices` of a source as a dict of stacked numpy arrays."""
+  if isinstance(source, ArraySource):
+    return {k: v[indices] for k, v in source.arrays.items()}
+  getitems = getattr(source, "__getitems__", None)
+  records = getitems(list(indices)) if getitems else [source[int(i)] for i in indices]
+  return {k: np.stack([np.asarray(r[k]) for r in records]) for k in ("image", "label")}
+
+
+class ArraySource:
+  """A split held in memory as numpy arrays: batches are one fancy-index away."""
+
+  def __init__(self, arrays):
+    self.arrays = arrays
+
+  def __len__(self):
+    return len(self.arrays["label"])
+
+  def __getitem__(self, i):
+    return {k: v[i] for k, v in self.arrays.items()}
+
+
+def maybe_cache(source, max_mb: int, chunk: int = 4096):
+  """Reads a split into memory once when it fits in `max_mb` (0 = never)."""
+  if isinstance(source, SyntheticSource) or max_mb <= 0:
+    return source
+  first = source[0]
+  nbytes = sum(np.asarray(v).nbytes for v in first.values()) * len(source)
+  if nbytes > max_mb * 2**20:
+    return source
+  parts = [read_batch(source, range(i, min(i + chunk, len(source))))
+           for i in range(0, len(source), chunk)]
+  return ArraySource({k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
+
+
 def _normalizer(train_source, num=2048):
   """Per-channel mean and std from a fixed, evenly spaced sample of training images."""
   step = max(1, len(train_source) // num)
-  sample = np.stack([np.asarray(train_source[i]["image"], np.float32)
-                     for i in range(0, len(train_source), step)][:num])
+  sample = read_batch(train_source, np.arange(0, len(train_source), step)[:num])["image"]
+  sample = sample.astype(np.float32)
   axes = tuple(range(sample.ndim - 1))
   return sample.mean(axes), sample.std(axes) + 1e-6
 
 
 class Data:
-  """Train iterator and eval batches for one process, as global jax.Arrays."""
+  """Train iterator and eval batches for one process, as global jax.Arrays.
+
+  Work is done a batch at a time (one read, vectorised augmentation) in grain's
+  threads. Global batch j holds positions j*G .. j*G+G-1 of an endless stream
+  that visits every training example once per epoch in a seeded order; process p
+  takes its slice of rows. Its augmentation draws come from (seed, j), so the
+  data is the same whatever the number of processes.
+  """
 
   def __init__(self, config, source: Source, seed: int, sharding, eval_sharding=None):
-    self.config, self.source, self.sharding = config, source, sharding
+    self.config, self.seed, self.sharding = config, seed, sharding
     self.eval_sharding = eval_sharding or sharding
     self.num_classes, self.example_shape = source.num_classes, source.example_shape
-    self.num_train, self.num_eval = len(source.train), len(source.eval)
-    self.mean, self.std = _normalizer(source.train)
-    pid, nproc = jax.process_index(), jax.process_count()
+    self.train_source = maybe_cache(source.train, config.cache_mb)
+    self.eval_source = maybe_cache(source.eval, config.cache_mb)
+    self.num_train, self.num_eval = len(self.train_source), len(self.eval_source)
+    self.mean, self.std = _normalizer(self.train_source)
+    nproc = jax.process_count()
     self.local_batch = _local_size(config.batch_size, nproc, "batch_size")
     self.local_eval_batch = _local_size(config.eval_batch_size, nproc, "eval_batch_size")
+    self._epoch_orders = {}
+    batches = grain.MapDataset.range(0, sys.maxsize // config.batch_size).map(self.train_batch)
+    self.train_iter = iter(batches.to_iter_dataset(self._read_options()))
 
-    # Global stream: shuffle (reshuffled every epoch), repeat, augment per example.
-    stream = grain.MapDataset.source(source.train).shuffle(seed=seed).repeat(None)
-    stream = stream.random_map(self._train_example, seed=seed + 1)
-    G, L = config.batch_size, self.local_batch
-    local = grain.MapDataset.range(0, sys.maxsize // G).map(
-        lambda j: stream[(j // L) * G + pid * L + j % L])
-    self.train_iter = iter(local.batch(L, drop_remainder=True).to_iter_dataset(
-        grain.ReadOptions(num_threads=config.worker_threads,
-                          prefetch_buffer_size=config.prefetch)))
+  def _read_options(self):
+    return grain.ReadOptions(num_threads=self.config.worker_threads,
+                             prefetch_buffer_size=self.config.prefetch)
 
-  def _normalize(self, image):
-    return ((np.asarray(image, np.float32) - self.mean) / self.std).astype(np.float32)
+  def _order(self, epoch: int):
+    order = self._epoch_orders.get(epoch)
+    if order is None:
+      order = np.random.default_rng((self.seed, epoch)).permutation(self.num_train)
+      self._epoch_orders = {epoch: order, **{e: o for e, o in self._epoch_orders.items()
+                                             if e >= epoch - 1}}
+    return order
 
-  def _train_example(self, ex, rng: np.random.Generator):
-    image = np.asarray(ex["image"])
-    pad = self.config.random_crop
+  def _normalize(self, images):
+    return ((images.astype(np.float32) - self.mean) / self.std).astype(np.float32)
+
+  def train_batch(self, j: int) -> dict:
+    """This process's rows of global batch j, as numpy arrays."""
+    G, L, n = self.config.batch_size, self.local_batch, self.num_train
+    first = j * G + jax.process_index() * L
+    positions = np.arange(first, first + L)
+    epochs = positions // n
+    indices = np.empty(L, np.int64)
+    for epoch in np.unique(epochs):
+      sel = epochs == epoch
+      indices[sel] = self._order(int(epoch))[positions[sel] % n]
+    batch = read_batch(self.train_source, indices)
+    images = self._augment(batch["image"], j)
+    return {"image": self._normalize(images), "label": batch["label"].astype(np.int32)}
+
+  def _augment(self, images, j: int):
+    pad, flip = self.config.random_crop, self.config.random_flip
+    if not pad and not flip:
+      return images
+    G, L = self.config.batch_size, self.local_batch
+    rows = slice(jax.process_index() * L, (jax.process_index() + 1) * L)
+    rng = np.random.default_rng((self.seed, 1, j))
+    offsets = rng.integers(0, 2 * pad + 1, size=(G, 2))[rows]
+    flips = (rng.random(G) < 0.5)[rows]
     if pad:
-      h, w = image.shape[:2]
-      padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)))
-      dy, dx = rng.integers(0, 2 * pad + 1, size=2)
-      image = padded[dy:dy + h, dx:dx + w]
-    if self.config.random_flip and rng.random() < 0.5:
-      image = image[:, ::-1]
-    return {"image": self._normalize(image), "label": np.int32(ex["label"])}
+      h, w = images.shape[1:3]
+      padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+      images = np.stack([padded[i, dy:dy + h, dx:dx + w] for i, (dy, dx) in enumerate(offsets)])
+    if flip:
+      images = np.where(flips[:, None, None, None], images[:, :, ::-1], images)
+    return images
 
-  def _eval_example(self, index):
-    if index < self.num_eval:
-      ex = self.source.eval[index]
-      return {"image": self._normalize(ex["image"]), "label": np.int32(ex["label"]),
-              "mask": np.float32(1)}
-    return {"image": np.zeros(self.example_shape, np.float32), "label": np.int32(0),
-            "mask": np.float32(0)}
+  def eval_batch(self, j: int) -> dict:
+    """This process's rows of eval batch j; rows past the end are padding with mask 0."""
+    G, L = self.config.eval_batch_size, self.local_eval_batch
+    first = j * G + jax.process_index() * L
+    positions = np.arange(first, first + L)
+    valid = positions < self.num_eval
+    batch = read_batch(self.eval_source, np.where(valid, positions, 0))
+    return {"image": self._normalize(batch["image"]),
+            "label": np.where(valid, batch["label"], 0).astype(np.int32),
+            "mask": valid.astype(np.float32)}
 
   def to_global(self, local_batch, sharding=None):
     sharding = sharding or self.sharding
@@ -199,13 +272,9 @@ class Data:
 
   def eval_batches(self):
     """Every eval example exactly once; the last global batch is padded (mask 0)."""
-    G, L, pid = self.config.eval_batch_size, self.local_eval_batch, jax.process_index()
-    num_batches = math.ceil(self.num_eval / G)
-    ds = grain.MapDataset.range(0, num_batches * L).map(
-        lambda j: self._eval_example((j // L) * G + pid * L + j % L))
-    ds = ds.batch(L).to_iter_dataset(grain.ReadOptions(
-        num_threads=self.config.worker_threads, prefetch_buffer_size=self.config.prefetch))
-    for batch in ds:
+    num_batches = math.ceil(self.num_eval / self.config.eval_batch_size)
+    ds = grain.MapDataset.range(0, num_batches).map(self.eval_batch)
+    for batch in ds.to_iter_dataset(self._read_options()):
       yield self.to_global(batch, self.eval_sharding)
 
 

@@ -55,7 +55,7 @@ def test_epochs_cover_the_train_split_and_reshuffle(tfds_dir):
   n = data.num_train
   labels = [np.asarray(data.next_train()["label"]) for _ in range(n)]
   first, second = np.concatenate(labels[: n // 2]), np.concatenate(labels[n // 2:])
-  truth = np.bincount([int(data.source.train[i]["label"]) for i in range(n)], minlength=10)
+  truth = np.bincount([int(data.train_source[i]["label"]) for i in range(n)], minlength=10)
   np.testing.assert_array_equal(np.bincount(first, minlength=10), truth)
   np.testing.assert_array_equal(np.bincount(second, minlength=10), truth)
   assert not np.array_equal(first, second)
@@ -80,7 +80,7 @@ def test_eval_covers_every_example_once_with_padding(tfds_dir):
   mask = np.concatenate([np.asarray(b["mask"]) for b in batches])
   assert mask.sum() == 359 and mask[:359].all() and not mask[359:].any()
   labels = np.concatenate([np.asarray(b["label"]) for b in batches])[:359]
-  truth = [int(data.source.eval[i]["label"]) for i in range(359)]
+  truth = [int(data.eval_source[i]["label"]) for i in range(359)]
   np.testing.assert_array_equal(labels, truth)
 
 
@@ -147,3 +147,27 @@ def test_real_fashion_mnist(tfds_dir):
   assert (len(source.train), len(source.eval)) == (60_000, 10_000)
   counts = np.bincount([int(source.eval[i]["label"]) for i in range(0, 10_000, 10)])
   assert len(counts) == 10 and counts.min() > 50
+
+
+def test_cached_and_streamed_reads_give_the_same_batches(tfds_dir):
+  cached = build(tfds_dir, random_crop=2, random_flip=True)
+  streamed = build(tfds_dir, random_crop=2, random_flip=True, cache_mb=0)
+  assert type(cached.train_source).__name__ == "ArraySource"
+  assert type(streamed.train_source).__name__ != "ArraySource"
+  for _ in range(3):
+    a, b = cached.next_train(), streamed.next_train()
+    np.testing.assert_array_equal(np.asarray(a["image"]), np.asarray(b["image"]))
+    np.testing.assert_array_equal(np.asarray(a["label"]), np.asarray(b["label"]))
+
+
+def test_batch_rows_do_not_depend_on_the_number_of_processes(tfds_dir, monkeypatch):
+  """Process p of P gets rows p*B/P.. of the same global batch, augmentation included."""
+  whole = build(tfds_dir, random_crop=2, random_flip=True).train_batch(5)
+  halves = []
+  for pid in range(2):
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(jax, "process_index", lambda pid=pid: pid)
+    halves.append(build(tfds_dir, random_crop=2, random_flip=True).train_batch(5))
+  monkeypatch.undo()
+  for key in ("image", "label"):
+    np.testing.assert_array_equal(np.concatenate([h[key] for h in halves]), whole[key])
