@@ -58,6 +58,12 @@ def get_config():
   config.data.prefetch = 4             # batches prefetched by grain
   config.data.synthetic_shape = (8, 8, 1)
   config.data.synthetic_classes = 10
+  # Text (task.name="lm"): shakespeare | text | synthetic_tokens
+  config.data.seq_len = 256            # tokens per window; windows hold seq_len + 1
+  config.data.text_files = ""          # data.name="text": a glob of .txt / .txt.gz files
+  config.data.holdout_fraction = 0.1   # tail of each file held out for validation
+  config.data.vocab_size = 256         # synthetic_tokens only; text is bytes (256)
+  config.data.eval_limit = 0           # evaluate at most this many windows; 0 = all
 
   config.task = ml_collections.ConfigDict()
   config.task.name = "classification"
@@ -86,9 +92,18 @@ def get_config():
   config.train.keep_checkpoints = 3    # the newest N
   config.train.keep_period = 0         # and every K-th step for good; 0 = none
   config.train.async_checkpoints = True
+  config.train.peak_tflops = 0.0       # per chip, for mfu; 0 = the datasheet bf16 peak if known
 
   config.eval = ml_collections.ConfigDict()
-  config.eval.step = -1                # --mode=eval: -1 = newest checkpoint
+  config.eval.step = -1                # --mode=eval and sample: -1 = newest checkpoint
+
+  config.sample = ml_collections.ConfigDict()   # --mode=sample (language models)
+  config.sample.prompt = "\n"
+  config.sample.max_new_tokens = 500
+  config.sample.temperature = 0.8      # 0 = greedy
+  config.sample.top_k = 200            # 0 = the whole vocabulary
+  config.sample.num_samples = 1
+  config.sample.seed = 0
 
   # Mesh axis sizes; one may be -1 to take the remaining devices.
   config.mesh = ml_collections.ConfigDict()

@@ -100,3 +100,38 @@ class FashionMnistIdx(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                        f"has {len(labels)} labels")
     for i, (image, label) in enumerate(zip(images, labels)):
       yield i, {"image": image[..., None], "label": int(label)}
+
+
+class TextFilesConfig(tfds.core.BuilderConfig):
+  """A corpus: its name (the folder under whetstone_text/) and its files."""
+
+  def __init__(self, *, files, holdout_fraction=0.1, **kwargs):
+    super().__init__(**kwargs)
+    self.files, self.holdout_fraction = tuple(files), holdout_fraction
+
+
+class TextFiles(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Plain-text files (.txt or .txt.gz) as bytes. Each file is one document; its first
+  (1 - holdout_fraction) of bytes goes to `train`, the rest to `validation`."""
+  name = "whetstone_text"
+  VERSION = tfds.core.Version("1.0.0")
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+        "bytes": tfds.features.Tensor(shape=(None,), dtype=np.uint8)}))
+
+  def _split_generators(self, dl_manager):
+    return {"train": self._generate_examples(True), "validation": self._generate_examples(False)}
+
+  def _generate_examples(self, train):
+    for i, path in enumerate(self.builder_config.files):
+      data = read_text_file(path)
+      cut = int(len(data) * (1 - self.builder_config.holdout_fraction))
+      part = data[:cut] if train else data[cut:]
+      yield i, {"bytes": np.frombuffer(part, np.uint8)}
+
+
+def read_text_file(path) -> bytes:
+  opener = gzip.open if path.endswith(".gz") else open
+  with opener(path, "rb") as f:
+    return f.read()

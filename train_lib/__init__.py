@@ -1,14 +1,14 @@
 """Everything that turns (config, workdir) into a run.
 
     import train_lib
-    result = train_lib.run("train", config, "runs/default")   # or "eval"
+    result = train_lib.run("train", config, "runs/default")   # or "eval", "sample"
 
 Errors a user can fix raise train_lib.UserError (exit code 2 from main.py).
 """
 
 from train_lib.errors import Diverged, Preempted, UserError  # noqa: F401
 
-MODES = ("train", "eval")
+MODES = ("train", "eval", "sample")
 
 
 def run(mode: str, config, workdir: str) -> dict:
@@ -17,4 +17,7 @@ def run(mode: str, config, workdir: str) -> dict:
     return loop.train(config, workdir)
   if mode == "eval":
     return loop.evaluate(config, workdir)
+  if mode == "sample":
+    from train_lib import sample
+    return sample.generate_from_workdir(config, workdir)
   raise UserError(f"--mode={mode} is unknown; use one of {MODES}")

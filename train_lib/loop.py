@@ -36,6 +36,7 @@ class Setup:
   schedule: Any
   abstract_state: Any
   state_sharding: Any
+  dummy_batch: Any
 
 
 def setup(config, devices=None) -> Setup:
@@ -68,11 +69,49 @@ def setup(config, devices=None) -> Setup:
                          dtype=getattr(jax.numpy, DTYPES[config.dtype]))
   except (models.ModelError, TypeError) as e:
     raise UserError(str(e)) from None
-  task = tasks.build(config.task, num_classes=data.num_classes)
+  task = tasks.build(config.task, data)
+  _check_model_fits_data(model, data)
   tx, schedule = optim.build(config.optim, config.train.num_steps)
-  abstract = state_lib.abstract_state(model, tx, data.example_shape, config.seed)
+  dummy = data.dummy_batch()
+  try:
+    abstract = state_lib.abstract_state(model, tx, task, dummy, config.seed)
+  except ValueError as e:  # a model's own argument check, raised while tracing init
+    raise UserError(f"model {config.model.name!r}: {e}") from None
   return Setup(mesh, data, model, task, tx, schedule, abstract,
-               partitioning.state_sharding(mesh, abstract))
+               partitioning.state_sharding(mesh, abstract), dummy)
+
+
+def _check_model_fits_data(model, data):
+  vocab, max_len = getattr(model, "vocab_size", None), getattr(model, "max_len", None)
+  if data.vocab_size and vocab is not None and vocab < data.vocab_size:
+    raise UserError(f"model.vocab_size={vocab} is smaller than the data's vocabulary "
+                    f"({data.vocab_size}); raise it")
+  if getattr(data, "seq_len", None) and max_len is not None and max_len < data.seq_len:
+    raise UserError(f"model.max_len={max_len} is shorter than data.seq_len={data.seq_len}")
+
+
+def flops_per_item(s: "Setup", params) -> float:
+  """Training FLOPs per token or example, where the model knows them (else 0)."""
+  fn = getattr(s.model, "flops_per_token", None)
+  if fn is None or not getattr(s.data, "seq_len", None):
+    return 0.0
+  return float(fn(state_lib.num_params(params), s.data.seq_len))
+
+
+# Dense bf16 peak of one chip (datasheet), for the mfu in metrics.jsonl;
+# bench/ measures the achievable matmul peak instead.
+PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "TPU v4": 275.0,
+               "TPU v5 lite": 197.0, "TPU v5p": 459.0, "TPU v6 lite": 918.0}
+
+
+def peak_flops(config) -> float:
+  if config.train.peak_tflops:
+    return config.train.peak_tflops * 1e12
+  kind = jax.devices()[0].device_kind
+  for name, tflops in PEAK_TFLOPS.items():
+    if name in kind:
+      return tflops * 1e12
+  return 0.0
 
 
 def prepare_workdir(workdir: str) -> str:
@@ -95,8 +134,9 @@ def _evaluate(s: Setup, eval_step, state) -> dict:
     sums = eval_step(state, batch)
     total = sums if total is None else jax.tree.map(np.add, total, sums)
   total = jax.device_get(total)
-  if int(total["count"]) != s.data.num_eval:
-    raise AssertionError(f"evaluated {total['count']} examples, expected {s.data.num_eval}")
+  expected = getattr(s.data, "num_eval_tokens", s.data.num_eval)
+  if int(total["count"]) != expected:
+    raise AssertionError(f"evaluated {total['count']} items, expected {expected}")
   return {**s.task.summarize(total), "num_examples": int(total["count"])}
 
 
@@ -117,11 +157,11 @@ def train(config, workdir: str) -> dict:
       logging.info("resumed from step %d in %s", latest, ckpt.directory)
       writers.console(f"resumed from checkpoint at step {latest}")
     else:
-      _, state = state_lib.create_sharded(s.model, s.tx, s.data.example_shape, config.seed,
+      _, state = state_lib.create_sharded(s.model, s.tx, s.task, s.dummy_batch, config.seed,
                                           s.mesh)
     writers.console(f"model {config.model.name}: {state_lib.num_params(state.params):,} "
                     f"parameters; {s.data.num_train:,} train / {s.data.num_eval:,} eval "
-                    f"examples; mesh {dict(s.mesh.shape)}")
+                    f"examples per epoch; mesh {dict(s.mesh.shape)}")
     start = int(state.step)
     result = None
     if start < tc.num_steps:
@@ -152,6 +192,7 @@ def _train_loop(config, s, state, ckpt, writer, eval_step, batch_sharding, start
   writer.write(start, "train", {"compile_seconds": compile_s})
 
   pending, result, last_saved = [], None, ckpt.latest_step()
+  flops, peak = flops_per_item(s, state.params), peak_flops(config)
   t_log, steps_since_log = time.perf_counter(), 0
   for i in range(start, tc.num_steps):
     if i > start:
@@ -169,12 +210,17 @@ def _train_loop(config, s, state, ckpt, writer, eval_step, batch_sharding, start
                        f"{last_saved if last_saved is not None else 'none'}")
       elapsed = time.perf_counter() - t_log
       sps = steps_since_log / elapsed
-      means.update(steps_per_sec=sps, examples_per_sec=sps * config.data.batch_size)
+      items = sps * s.task.items_per_batch(config.data.batch_size)
+      unit = "tokens_per_sec" if s.task.unit == "tokens" else "examples_per_sec"
+      means.update({"steps_per_sec": sps, unit: items})
+      if flops and peak:
+        means["mfu"] = items * flops / peak
       writer.write(current, "train", means)
+      speed = f"{items:,.0f} tok/s" if s.task.unit == "tokens" else f"{items:.0f} ex/s"
+      mfu = f" | MFU {means['mfu']:.1%}" if "mfu" in means else ""
       writers.console(
           f"step {current}/{tc.num_steps} | loss {means['loss']:.4f} | "
-          f"acc {means['accuracy']:.3f} | {sps:.1f} steps/s | "
-          f"{means['examples_per_sec']:.0f} ex/s | ETA "
+          f"acc {means['accuracy']:.3f} | {sps:.1f} steps/s | {speed}{mfu} | ETA "
           f"{writers.format_eta((tc.num_steps - current) / sps)}")
       t_log, steps_since_log = time.perf_counter(), 0
     if (tc.eval_every and current % tc.eval_every == 0) or last:

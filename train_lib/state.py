@@ -1,6 +1,6 @@
 """The train state: everything a step reads and writes, and what a checkpoint holds.
 
-    state_shardings, state = state.create_sharded(model, tx, example_shape, seed, mesh)
+    state_shardings, state = state.create_sharded(model, tx, task, dummy_batch, seed, mesh)
 
 The state is created directly in its sharded layout (eval_shape, then jit with
 out_shardings), never materialised whole on one device.
@@ -24,12 +24,14 @@ class TrainState:
   rng: jax.Array         # base key; step keys are fold_in(rng, step)
 
 
-def init_fn(model, tx, example_shape, seed: int):
+def init_fn(model, tx, task, dummy_batch, seed: int):
+  args, kwargs = task.model_inputs(dummy_batch)
+
   def init():
     rng = jax.random.PRNGKey(seed)
     init_rng, dropout_rng, state_rng = jax.random.split(rng, 3)
-    x = jnp.zeros((1, *example_shape), jnp.float32)
-    variables = model.init({"params": init_rng, "dropout": dropout_rng}, x, train=False)
+    variables = model.init({"params": init_rng, "dropout": dropout_rng}, *args, train=False,
+                           **kwargs)
     variables = flax.core.unfreeze(variables)
     params = variables.pop("params")
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
@@ -37,12 +39,12 @@ def init_fn(model, tx, example_shape, seed: int):
   return init
 
 
-def abstract_state(model, tx, example_shape, seed: int):
-  return jax.eval_shape(init_fn(model, tx, example_shape, seed))
+def abstract_state(model, tx, task, dummy_batch, seed: int):
+  return jax.eval_shape(init_fn(model, tx, task, dummy_batch, seed))
 
 
-def create_sharded(model, tx, example_shape, seed: int, mesh):
-  init = init_fn(model, tx, example_shape, seed)
+def create_sharded(model, tx, task, dummy_batch, seed: int, mesh):
+  init = init_fn(model, tx, task, dummy_batch, seed)
   shardings = partitioning.state_sharding(mesh, jax.eval_shape(init))
   return shardings, jax.jit(init, out_shardings=shardings)()
 

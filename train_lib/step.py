@@ -17,15 +17,15 @@ import optax
 
 def _forward(model, task, params, model_state, batch, rng, train: bool):
   variables = {"params": params, **model_state}
-  x = batch[task.input_key]
+  args, kwargs = task.model_inputs(batch)
   rngs = {"dropout": rng} if rng is not None else {}
   if train and model_state:
-    logits, new_state = model.apply(variables, x, train=True, rngs=rngs,
-                                    mutable=list(model_state))
+    output, new_state = model.apply(variables, *args, train=True, rngs=rngs,
+                                    mutable=list(model_state), **kwargs)
   else:
-    logits = model.apply(variables, x, train=train, rngs=rngs)
+    output = model.apply(variables, *args, train=train, rngs=rngs, **kwargs)
     new_state = model_state
-  loss, sums = task.loss_and_metrics(logits, batch)
+  loss, sums = task.loss_and_metrics(output, batch)
   return loss, (new_state, sums)
 
 

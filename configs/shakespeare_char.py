@@ -1,0 +1,69 @@
+"""Character-level Transformer on the embedded Shakespeare corpus (nanoGPT's baseline shape:
+6 layers, 6 heads, width 384, context 256, dropout 0.2).
+
+    python main.py --config=configs/shakespeare_char.py --workdir=runs/shakespeare
+    python main.py --config=configs/shakespeare_char.py --workdir=runs/shakespeare --mode=sample
+    python main.py --config=configs/shakespeare_char.py:runlocal --workdir=/tmp/s  # seconds, CPU
+
+Dropout applies to the embeddings and both residual branches (cuDNN's attention has no
+attention-probability dropout). Measured: see README "Language models".
+"""
+
+from configs import base
+
+
+def get_config(arg=None):
+  arg = base.parse_arg(arg, runlocal=False)
+  config = base.get_config()
+  config.task.name = "lm"
+  config.data.name = "shakespeare"
+  config.data.eval_split = "validation"
+  config.data.seq_len = 256
+  config.data.batch_size = 64
+  config.data.eval_batch_size = 64
+
+  config.model.name = "transformer"
+  config.model.vocab_size = 256
+  config.model.num_layers = 6
+  config.model.num_heads = 6
+  config.model.d_model = 384
+  config.model.max_len = 256
+  config.model.position = "learned"
+  config.model.norm = "layernorm"
+  config.model.activation = "gelu"
+  config.model.dropout = 0.2
+  config.model.loss_chunk = 0
+
+  config.optim.name = "adamw"
+  config.optim.learning_rate = 1e-3
+  config.optim.end_learning_rate_factor = 0.1
+  config.optim.warmup_steps = 100
+  config.optim.b2 = 0.99
+  config.optim.weight_decay = 0.1
+  config.optim.clip_norm = 1.0
+  config.dtype = "bfloat16"
+
+  config.train.num_steps = 5000
+  config.train.log_every = 100
+  config.train.eval_every = 250
+  config.train.checkpoint_every = 1000
+  config.data.eval_limit = 0
+  config.sample.max_new_tokens = 500
+  if arg.runlocal:
+    config.dtype = "float32"
+    config.data.seq_len = 64
+    config.data.batch_size = 16
+    config.data.eval_batch_size = 16
+    config.data.eval_limit = 32
+    config.model.num_layers = 2
+    config.model.num_heads = 4
+    config.model.d_model = 64
+    config.model.max_len = 64
+    config.model.dropout = 0.0
+    config.optim.warmup_steps = 5
+    config.train.num_steps = 60
+    config.train.log_every = 20
+    config.train.eval_every = 30
+    config.train.checkpoint_every = 30
+    config.sample.max_new_tokens = 40
+  return config

@@ -1,0 +1,104 @@
+"""What every dataset's loader shares: batches by global index, grain threads and
+prefetch, a checkpointable iterator, and the step from numpy to global jax.Arrays.
+
+A subclass sets `num_train`, `num_eval`, `local_batch`, `local_eval_batch` and
+implements `train_batch(j)` and `eval_batch(j)`: this process's rows of global batch j.
+"""
+
+import math
+import os
+import sys
+
+import grain
+import jax
+import numpy as np
+
+
+class DataError(ValueError):
+  """A dataset that cannot be read; the message says where the files should be."""
+
+
+def tfds_dir(config) -> str:
+  return os.path.expanduser(
+      config.tfds_dir or os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets"))
+
+
+def prepare(builder):
+  """Prepares a local builder once (process 0), then every process reads it."""
+  if builder.is_prepared():
+    return builder.as_data_source()
+  if jax.process_index() == 0:
+    import tensorflow_datasets as tfds
+    tfds.disable_progress_bar()
+    builder.download_and_prepare()
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(f"prepared {builder.name}")
+  return builder.as_data_source()
+
+
+def local_size(global_size, nproc, name):
+  if global_size % nproc:
+    raise DataError(f"data.{name}={global_size} is not divisible by the "
+                    f"{nproc} processes; make it a multiple of {nproc}")
+  return global_size // nproc
+
+
+def epoch_positions(seed, first, count, size, cache):
+  """Indices into a split for stream positions first..first+count-1: every epoch is
+  a fresh seeded permutation of range(size)."""
+  positions = np.arange(first, first + count)
+  epochs = positions // size
+  indices = np.empty(count, np.int64)
+  for epoch in np.unique(epochs):
+    epoch = int(epoch)
+    if epoch not in cache:
+      for old in [e for e in cache if e < epoch - 1]:
+        del cache[old]
+      cache[epoch] = np.random.default_rng((seed, epoch)).permutation(size)
+    sel = epochs == epoch
+    indices[sel] = cache[epoch][positions[sel] % size]
+  return indices
+
+
+class Data:
+  num_classes = None
+  vocab_size = None
+
+  def __init__(self, config, seed: int, sharding, eval_sharding=None):
+    self.config, self.seed, self.sharding = config, seed, sharding
+    self.eval_sharding = eval_sharding or sharding
+    nproc = jax.process_count()
+    self.local_batch = local_size(config.batch_size, nproc, "batch_size")
+    self.local_eval_batch = local_size(config.eval_batch_size, nproc, "eval_batch_size")
+
+  def start(self):
+    """Builds the train iterator; call once the subclass is set up."""
+    batches = grain.MapDataset.range(0, sys.maxsize // self.config.batch_size)
+    self.train_iter = iter(batches.map(self.train_batch).to_iter_dataset(self._read_options()))
+
+  def _read_options(self):
+    return grain.ReadOptions(num_threads=self.config.worker_threads,
+                             prefetch_buffer_size=self.config.prefetch)
+
+  @property
+  def num_eval_batches(self):
+    return math.ceil(self.num_eval / self.config.eval_batch_size)
+
+  def to_global(self, local_batch, sharding=None):
+    sharding = sharding or self.sharding
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x),
+                        local_batch)
+
+  def next_train(self):
+    return self.to_global(next(self.train_iter))
+
+  def eval_batches(self):
+    """Every eval example exactly once; the last global batch is padded (mask 0)."""
+    ds = grain.MapDataset.range(0, self.num_eval_batches).map(self.eval_batch)
+    for batch in ds.to_iter_dataset(self._read_options()):
+      yield self.to_global(batch, self.eval_sharding)
+
+  def dummy_batch(self):
+    """A one-row batch of zeros with the shapes and dtypes of a train batch."""
+    return jax.tree.map(lambda x: np.zeros((1, *x.shape[1:]), x.dtype), self.train_batch(0))

@@ -1,0 +1,104 @@
+"""Multi-head attention with grouped key/value heads, positional schemes and a KV cache.
+
+    attn = Attention(num_heads=12, num_kv_heads=4, head_dim=64, position="rope")
+    y_BxTxD = attn(x_BxTxD, positions_BxT)                       # causal, training
+    y_BxTxD, vars = attn.apply(v, x, pos, decode=True, mutable=["cache"])  # one step of decoding
+
+The kernel is jax.nn.dot_product_attention: cuDNN flash attention on GPU when the
+shapes and dtypes allow ("auto" or "cudnn"), XLA elsewhere ("xla").
+"""
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+IMPLEMENTATIONS = {"auto": None, "cudnn": "cudnn", "xla": "xla"}
+
+
+def rope(x_BxTxNxH, positions_BxT, base: float = 10000.0):
+  """Rotary position embedding (Su et al., 2021), rotate-half form."""
+  h = x_BxTxNxH.shape[-1]
+  inv_freq_F = 1.0 / (base ** (jnp.arange(0, h, 2, dtype=jnp.float32) / h))
+  angles_BxTxF = positions_BxT[..., None].astype(jnp.float32) * inv_freq_F
+  sin, cos = jnp.sin(angles_BxTxF)[:, :, None, :], jnp.cos(angles_BxTxF)[:, :, None, :]
+  x1, x2 = jnp.split(x_BxTxNxH.astype(jnp.float32), 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x_BxTxNxH.dtype)
+
+
+def alibi_slopes(num_heads: int):
+  """Head slopes of ALiBi (Press et al., 2021): a geometric sequence from 2^(-8/N)."""
+  return np.array([2.0 ** (-8.0 * (i + 1) / num_heads) for i in range(num_heads)], np.float32)
+
+
+def alibi_bias(num_heads, q_positions_BxT, k_positions_BxS):
+  rel_BxTxS = (k_positions_BxS[:, None, :] - q_positions_BxT[:, :, None]).astype(jnp.float32)
+  return jnp.asarray(alibi_slopes(num_heads))[None, :, None, None] * rel_BxTxS[:, None]
+
+
+class Attention(nn.Module):
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  position: str = "rope"           # rope | alibi | anything else: no change here
+  rope_base: float = 10000.0
+  implementation: str = "auto"     # auto | cudnn | xla
+  use_bias: bool = False
+  max_len: int = 1024              # KV-cache length for decoding
+  dtype: Any = jnp.float32
+  kernel_init: Callable = nn.initializers.normal(0.02)
+  out_init: Callable = nn.initializers.normal(0.02)
+
+  @nn.compact
+  def __call__(self, x_BxTxD, positions_BxT, *, decode: bool = False, kv_lengths_B=None):
+    if self.num_heads % self.num_kv_heads:
+      raise ValueError(f"num_heads={self.num_heads} must be a multiple of "
+                       f"num_kv_heads={self.num_kv_heads}")
+    dense = lambda heads, name: nn.DenseGeneral(
+        (heads, self.head_dim), use_bias=self.use_bias, dtype=self.dtype,
+        kernel_init=self.kernel_init, name=name)
+    q_BxTxNxH = dense(self.num_heads, "query")(x_BxTxD)
+    k_BxTxKxH = dense(self.num_kv_heads, "key")(x_BxTxD)
+    v_BxTxKxH = dense(self.num_kv_heads, "value")(x_BxTxD)
+    if self.position == "rope":
+      q_BxTxNxH = rope(q_BxTxNxH, positions_BxT, self.rope_base)
+      k_BxTxKxH = rope(k_BxTxKxH, positions_BxT, self.rope_base)
+
+    if decode:
+      out_BxTxNxH = self._attend_cached(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, positions_BxT)
+    else:
+      bias = None
+      if self.position == "alibi":
+        bias = alibi_bias(self.num_heads, positions_BxT, positions_BxT).astype(self.dtype)
+      impl = IMPLEMENTATIONS[self.implementation]
+      if bias is not None and impl is None:
+        impl = "xla"
+      out_BxTxNxH = jax.nn.dot_product_attention(
+          q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, bias=bias, is_causal=True,
+          key_value_seq_lengths=kv_lengths_B, implementation=impl)
+    return nn.DenseGeneral(x_BxTxD.shape[-1], axis=(-2, -1), use_bias=self.use_bias,
+                           dtype=self.dtype, kernel_init=self.out_init,
+                           name="out")(out_BxTxNxH)
+
+  def _attend_cached(self, q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, positions_BxT):
+    """Writes this call's keys and values at `index` and attends over the cache."""
+    B, T = q_BxTxNxH.shape[:2]
+    shape = (B, self.max_len, self.num_kv_heads, self.head_dim)
+    cached_k = self.variable("cache", "cached_key", jnp.zeros, shape, k_BxTxKxH.dtype)
+    cached_v = self.variable("cache", "cached_value", jnp.zeros, shape, v_BxTxKxH.dtype)
+    index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
+    i = index.value
+    k_BxSxKxH = jax.lax.dynamic_update_slice(cached_k.value, k_BxTxKxH, (0, i, 0, 0))
+    v_BxSxKxH = jax.lax.dynamic_update_slice(cached_v.value, v_BxTxKxH, (0, i, 0, 0))
+    if not self.is_initializing():
+      cached_k.value, cached_v.value, index.value = k_BxSxKxH, v_BxSxKxH, i + T
+    k_pos_BxS = jnp.broadcast_to(jnp.arange(self.max_len)[None], (B, self.max_len))
+    mask_BxTxS = (k_pos_BxS[:, None, :] <= positions_BxT[:, :, None])
+    bias = None
+    if self.position == "alibi":
+      bias = alibi_bias(self.num_heads, positions_BxT, k_pos_BxS).astype(q_BxTxNxH.dtype)
+    return jax.nn.dot_product_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, bias=bias,
+                                        mask=mask_BxTxS[:, None], implementation="xla")

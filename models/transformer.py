@@ -1,0 +1,202 @@
+"""A decoder-only Transformer whose components are config switches.
+
+    model = Transformer(vocab_size=256, num_layers=6, num_heads=6, d_model=384, max_len=256)
+    logits_BxTxV = model.apply(v, tokens_BxT)                       # full logits
+    out = model.apply(v, tokens_BxT, targets=targets_BxT)          # {"nll", "correct"}: [B,T]
+    logits, vars = model.apply(v, tokens, decode=True, mutable=["cache"])  # KV-cached step
+
+With targets, the output head and cross-entropy run fused over chunks of
+`loss_chunk` positions (rematerialised), so the [B,T,V] logits never exist whole.
+"""
+
+import functools
+import math
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from models import register
+from models.layers.attention import Attention
+from models.layers.mlp import FeedForward
+from models.layers.norm import make_norm
+
+POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "none")
+REMAT = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def sinusoidal(positions_BxT, d: int):
+  inv_freq = 1.0 / (10000.0 ** (np.arange(0, d, 2, dtype=np.float32) / d))
+  angles = positions_BxT[..., None].astype(jnp.float32) * inv_freq
+  return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+
+
+class Block(nn.Module):
+  """One residual block; (carry, positions) -> (carry, None) so that nn.scan can stack it."""
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  mlp_dim: int
+  activation: str
+  norm: str
+  pre_norm: bool
+  position: str
+  attention_impl: str
+  use_bias: bool
+  dropout: float
+  max_len: int
+  residual_std: float
+  train: bool
+  decode: bool
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, x_BxTxD, positions_BxT):
+    init, out_init = nn.initializers.normal(0.02), nn.initializers.normal(self.residual_std)
+    norm = lambda name: make_norm(self.norm, dtype=self.dtype, use_bias=self.use_bias, name=name)
+    drop = nn.Dropout(self.dropout, deterministic=not self.train)
+
+    h = norm("attn_norm")(x_BxTxD) if self.pre_norm else x_BxTxD
+    h = Attention(self.num_heads, self.num_kv_heads, self.head_dim, position=self.position,
+                  implementation=self.attention_impl, use_bias=self.use_bias,
+                  max_len=self.max_len, dtype=self.dtype, kernel_init=init,
+                  out_init=out_init, name="attn")(h, positions_BxT, decode=self.decode)
+    x_BxTxD = x_BxTxD + drop(h)
+    if not self.pre_norm:
+      x_BxTxD = norm("attn_norm")(x_BxTxD)
+
+    h = norm("mlp_norm")(x_BxTxD) if self.pre_norm else x_BxTxD
+    h = FeedForward(self.mlp_dim, self.activation, self.use_bias, self.dtype, init, out_init,
+                    name="mlp")(h)
+    x_BxTxD = x_BxTxD + drop(h)
+    if not self.pre_norm:
+      x_BxTxD = norm("mlp_norm")(x_BxTxD)
+    return x_BxTxD, None
+
+
+@register("transformer")
+class Transformer(nn.Module):
+  vocab_size: int = 256
+  num_layers: int = 6
+  num_heads: int = 6
+  num_kv_heads: int = 0            # 0 = num_heads (multi-head); 1 = multi-query
+  d_model: int = 384
+  mlp_dim: int = 0                 # 0 = 4 * d_model
+  max_len: int = 256
+  position: str = "learned"        # learned | sinusoidal | rope | alibi | none
+  rope_base: float = 10000.0
+  norm: str = "layernorm"          # layernorm | rmsnorm
+  pre_norm: bool = True
+  activation: str = "gelu"         # gelu | relu | sq_relu | swiglu
+  attention_impl: str = "auto"     # auto (cuDNN on GPU where possible) | cudnn | xla
+  tie_embeddings: bool = True
+  use_bias: bool = False
+  dropout: float = 0.0
+  scaled_residual_init: bool = True  # GPT-2: residual projections ~ N(0, 0.02/sqrt(2L))
+  scan_layers: bool = True
+  remat: str = "none"              # none | full | dots | dots_no_batch
+  loss_chunk: int = 0              # positions per fused head+loss chunk; 0 = whole logits
+  dtype: Any = jnp.float32
+  num_classes: Optional[int] = None  # unused; accepted so image-style callers fail clearly
+
+  def _check(self):
+    if self.position not in POSITIONS:
+      raise ValueError(f"position {self.position!r} unknown; use one of {POSITIONS}")
+    if self.remat not in REMAT:
+      raise ValueError(f"remat {self.remat!r} unknown; use one of {sorted(REMAT)}")
+    if self.d_model % self.num_heads:
+      raise ValueError(f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}")
+
+  @nn.compact
+  def __call__(self, tokens_BxT, targets=None, *, train: bool = False, decode: bool = False,
+               positions=None):
+    self._check()
+    B, T = tokens_BxT.shape
+    if positions is None:
+      if decode:  # continue from the cache's write position
+        pos = self.variable("cache", "position", lambda: jnp.zeros((), jnp.int32))
+        positions = jnp.broadcast_to(pos.value + jnp.arange(T), (B, T))
+        if not self.is_initializing():
+          pos.value = pos.value + T
+      else:
+        positions = jnp.broadcast_to(jnp.arange(T), (B, T))
+    embed = nn.Embed(self.vocab_size, self.d_model, embedding_init=nn.initializers.normal(0.02),
+                     dtype=self.dtype, name="embed")
+    x_BxTxD = embed(tokens_BxT)
+    if self.position == "learned":
+      pos_embed = self.param("pos_embed", nn.initializers.normal(0.01),
+                             (self.max_len, self.d_model))
+      x_BxTxD = x_BxTxD + jnp.take(pos_embed, positions, axis=0).astype(self.dtype)
+    elif self.position == "sinusoidal":
+      x_BxTxD = x_BxTxD + sinusoidal(positions, self.d_model).astype(self.dtype)
+    x_BxTxD = nn.Dropout(self.dropout, deterministic=not train)(x_BxTxD)
+
+    residual_std = 0.02 / math.sqrt(2 * self.num_layers) if self.scaled_residual_init else 0.02
+    block_args = dict(
+        num_heads=self.num_heads, num_kv_heads=self.num_kv_heads or self.num_heads,
+        head_dim=self.d_model // self.num_heads, mlp_dim=self.mlp_dim or 4 * self.d_model,
+        activation=self.activation, norm=self.norm, pre_norm=self.pre_norm,
+        position=self.position if self.position in ("rope", "alibi") else "none",
+        attention_impl=self.attention_impl, use_bias=self.use_bias, dropout=self.dropout,
+        max_len=self.max_len, residual_std=residual_std, train=train, decode=decode,
+        dtype=self.dtype)
+    block = Block
+    if REMAT[self.remat] is not None and not decode:
+      block = nn.remat(Block, policy=REMAT[self.remat], prevent_cse=not self.scan_layers)
+    if self.scan_layers:
+      x_BxTxD, _ = nn.scan(block, variable_axes={"params": 0, "cache": 0},
+                           split_rngs={"params": True, "dropout": True},
+                           in_axes=nn.broadcast, length=self.num_layers)(
+                               **block_args, name="layers")(x_BxTxD, positions)
+    else:
+      for i in range(self.num_layers):
+        x_BxTxD, _ = block(**block_args, name=f"layer_{i}")(x_BxTxD, positions)
+    if self.pre_norm:
+      x_BxTxD = make_norm(self.norm, dtype=self.dtype, use_bias=self.use_bias,
+                          name="final_norm")(x_BxTxD)
+
+    if self.tie_embeddings:
+      w_DxV = embed.embedding.T
+    else:
+      w_DxV = self.param("head", nn.initializers.normal(0.02), (self.d_model, self.vocab_size))
+    if targets is None:
+      return jnp.einsum("btd,dv->btv", x_BxTxD, w_DxV.astype(self.dtype),
+                        preferred_element_type=jnp.float32)
+    return fused_head_loss(x_BxTxD, w_DxV.astype(self.dtype), targets, self.loss_chunk)
+
+  def flops_per_token(self, num_params: int, seq_len: int) -> float:
+    """Training FLOPs per token: 6N (N without position embeddings) + 12 L D T (attention)."""
+    pos = self.max_len * self.d_model if self.position == "learned" else 0
+    return 6 * (num_params - pos) + 12 * self.num_layers * self.d_model * seq_len
+
+
+def _head_loss(h_BxCxD, w_DxV, targets_BxC):
+  logits_BxCxV = jnp.einsum("bcd,dv->bcv", h_BxCxD, w_DxV, preferred_element_type=jnp.float32)
+  lse_BxC = jax.nn.logsumexp(logits_BxCxV, axis=-1)
+  target_logit_BxC = jnp.take_along_axis(logits_BxCxV, targets_BxC[..., None], -1)[..., 0]
+  correct_BxC = (logits_BxCxV.argmax(-1) == targets_BxC).astype(jnp.float32)
+  return lse_BxC - target_logit_BxC, correct_BxC
+
+
+def fused_head_loss(h_BxTxD, w_DxV, targets_BxT, chunk: int):
+  """Per-position NLL and correctness; with chunk > 0 over rematerialised T-chunks."""
+  B, T, D = h_BxTxD.shape
+  if not chunk or chunk >= T:
+    nll, correct = _head_loss(h_BxTxD, w_DxV, targets_BxT)
+    return {"nll": nll, "correct": correct}
+  if T % chunk:
+    raise ValueError(f"loss_chunk={chunk} must divide the sequence length {T}")
+  n = T // chunk
+  h_NxBxCxD = h_BxTxD.reshape(B, n, chunk, D).swapaxes(0, 1)
+  t_NxBxC = targets_BxT.reshape(B, n, chunk).swapaxes(0, 1)
+  body = jax.checkpoint(lambda _, xs: (None, _head_loss(xs[0], w_DxV, xs[1])))
+  _, (nll_NxBxC, correct_NxBxC) = jax.lax.scan(body, None, (h_NxBxCxD, t_NxBxC))
+  unchunk = lambda x: x.swapaxes(0, 1).reshape(B, T)
+  return {"nll": unchunk(nll_NxBxC), "correct": unchunk(correct_NxBxC)}

@@ -1,0 +1,178 @@
+"""The Transformer against plain references: attention in numpy, RoPE's properties,
+KV-cache decoding against the full forward pass, the initial loss, overfitting one
+batch, and every config switch training a few steps."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from models.layers.attention import Attention, alibi_slopes, rope
+from models.transformer import Transformer, fused_head_loss
+
+
+def numpy_attention(q, k, v, causal=True, kv_len=None, bias=None):
+  """q [B,T,N,H], k/v [B,S,K,H] in float64, grouped heads by repetition."""
+  q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
+  B, T, N, H = q.shape
+  S, K = k.shape[1], k.shape[2]
+  k, v = np.repeat(k, N // K, axis=2), np.repeat(v, N // K, axis=2)
+  scores = np.einsum("btnh,bsnh->bnts", q, k) / np.sqrt(H)
+  if bias is not None:
+    scores = scores + bias
+  mask = np.ones((B, 1, T, S), bool)
+  if causal:
+    mask &= np.tril(np.ones((T, S), bool))[None, None]
+  if kv_len is not None:
+    mask &= (np.arange(S)[None, :] < np.asarray(kv_len)[:, None])[:, None, None, :]
+  scores = np.where(mask, scores, -np.inf)
+  weights = np.exp(scores - scores.max(-1, keepdims=True))
+  weights = np.where(mask, weights, 0)
+  weights /= weights.sum(-1, keepdims=True)
+  return np.einsum("bnts,bsnh->btnh", weights, v)
+
+
+@pytest.mark.parametrize("num_heads, num_kv_heads", [(4, 4), (4, 2), (4, 1)])
+@pytest.mark.parametrize("with_padding", [False, True])
+def test_attention_matches_numpy(num_heads, num_kv_heads, with_padding):
+  rng = np.random.default_rng(0)
+  B, T, H = 2, 7, 8
+  q = rng.normal(size=(B, T, num_heads, H)).astype(np.float32)
+  k = rng.normal(size=(B, T, num_kv_heads, H)).astype(np.float32)
+  v = rng.normal(size=(B, T, num_kv_heads, H)).astype(np.float32)
+  kv_len = np.array([T, 4]) if with_padding else None
+  got = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="xla",
+                                     key_value_seq_lengths=None if kv_len is None
+                                     else jnp.asarray(kv_len, jnp.int32))
+  want = numpy_attention(q, k, v, kv_len=kv_len)
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
+
+
+def test_attention_module_with_alibi_matches_numpy():
+  B, T, D, N = 2, 6, 16, 4
+  x = jax.random.normal(jax.random.PRNGKey(0), (B, T, D))
+  pos = jnp.broadcast_to(jnp.arange(T), (B, T))
+  attn = Attention(num_heads=N, num_kv_heads=2, head_dim=D // N, position="alibi")
+  params = attn.init(jax.random.PRNGKey(1), x, pos)["params"]
+  got = attn.apply({"params": params}, x, pos)
+  p = jax.tree.map(np.asarray, params)
+  q = np.einsum("btd,dnh->btnh", x, p["query"]["kernel"])
+  k = np.einsum("btd,dnh->btnh", x, p["key"]["kernel"])
+  v = np.einsum("btd,dnh->btnh", x, p["value"]["kernel"])
+  rel = np.arange(T)[None, :] - np.arange(T)[:, None]
+  bias = alibi_slopes(N)[None, :, None, None] * rel[None, None]
+  heads = numpy_attention(q, k, v, bias=bias)
+  want = np.einsum("btnh,nhd->btd", heads, p["out"]["kernel"])
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-5)
+
+
+def test_rope_preserves_norms_and_depends_only_on_relative_position():
+  rng = np.random.default_rng(0)
+  q = jnp.asarray(rng.normal(size=(1, 1, 1, 16)), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(1, 1, 1, 16)), jnp.float32)
+  at = lambda x, p: rope(x, jnp.array([[p]]))
+  for p in (0, 3, 100):
+    np.testing.assert_allclose(jnp.linalg.norm(at(q, p)), jnp.linalg.norm(q), rtol=1e-5)
+  score = lambda i, j: float(jnp.sum(at(q, i) * at(k, j)))
+  assert score(5, 2) == pytest.approx(score(13, 10), rel=1e-4)
+  assert score(7, 7) == pytest.approx(score(0, 0), rel=1e-4)
+  assert score(5, 2) != pytest.approx(score(5, 4), rel=1e-3)
+
+
+SMALL = dict(vocab_size=64, num_layers=2, num_heads=4, d_model=32, max_len=16)
+
+
+@pytest.mark.parametrize("position", ["learned", "sinusoidal", "rope", "alibi", "none"])
+def test_kv_cache_decoding_matches_full_forward(position):
+  model = Transformer(**SMALL, position=position, num_kv_heads=2)
+  tokens = jax.random.randint(jax.random.PRNGKey(0), (2, 12), 0, 64)
+  params = model.init(jax.random.PRNGKey(1), tokens)["params"]
+  full = jax.jit(model.apply)({"params": params}, tokens)
+  cache = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(1), tokens[:, :1],
+                                            decode=True)["cache"])
+  cache = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), cache)
+  decode = jax.jit(lambda v, t: model.apply(v, t, decode=True, mutable=["cache"]))
+  # Prefill 5 tokens at once, then one at a time.
+  logits, v = decode({"params": params, "cache": cache}, tokens[:, :5])
+  steps = [logits]
+  for t in range(5, 12):
+    logits, v = decode({"params": params, "cache": v["cache"]}, tokens[:, t:t + 1])
+    steps.append(logits)
+  np.testing.assert_allclose(np.concatenate(steps, 1), full, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("vocab", [256, 50304])
+def test_initial_loss_is_near_log_vocabulary(vocab):
+  model = Transformer(**{**SMALL, "vocab_size": vocab, "d_model": 64})
+  tokens = jax.random.randint(jax.random.PRNGKey(0), (4, 17), 0, vocab)
+  params = model.init(jax.random.PRNGKey(1), tokens[:, :-1])["params"]
+  out = model.apply({"params": params}, tokens[:, :-1], targets=tokens[:, 1:])
+  assert abs(float(out["nll"].mean()) / np.log(vocab) - 1) < 0.1
+
+
+def test_fused_chunked_loss_matches_full_logits_with_gradients():
+  h = jax.random.normal(jax.random.PRNGKey(0), (2, 16, 8))
+  w = jax.random.normal(jax.random.PRNGKey(1), (8, 50))
+  t = jax.random.randint(jax.random.PRNGKey(2), (2, 16), 0, 50)
+  loss = lambda h, w, c: fused_head_loss(h, w, t, c)["nll"].mean()
+  for chunk in (4, 8):
+    np.testing.assert_allclose(loss(h, w, chunk), loss(h, w, 0), rtol=1e-6)
+    g_chunk, g_full = jax.grad(loss, (0, 1))(h, w, chunk), jax.grad(loss, (0, 1))(h, w, 0)
+    for a, b in zip(g_chunk, g_full):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def train_steps(model, steps=30, lr=3e-3, same_batch=True, seed=0):
+  tokens = jax.random.randint(jax.random.PRNGKey(seed), (4, 17), 0, model.vocab_size)
+  params = model.init({"params": jax.random.PRNGKey(1), "dropout": jax.random.PRNGKey(2)},
+                      tokens[:, :-1])["params"]
+  tx = optax.adam(lr)
+  opt = tx.init(params)
+
+  @jax.jit
+  def step(params, opt, tokens, i):
+    def loss_fn(p):
+      out = model.apply({"params": p}, tokens[:, :-1], targets=tokens[:, 1:], train=True,
+                        rngs={"dropout": jax.random.fold_in(jax.random.PRNGKey(3), i)})
+      return out["nll"].mean()
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt = tx.update(grads, opt, params)
+    return optax.apply_updates(params, updates), opt, loss
+
+  losses = []
+  for i in range(steps):
+    params, opt, loss = step(params, opt, tokens, i)
+    losses.append(float(loss))
+  return losses
+
+
+def test_tiny_model_overfits_one_batch():
+  losses = train_steps(Transformer(**SMALL), steps=150)
+  assert losses[-1] < 0.1 * losses[0], losses[::10]
+
+
+SWITCHES = {
+    "position": ["learned", "sinusoidal", "rope", "alibi", "none"],
+    "norm": ["layernorm", "rmsnorm"], "pre_norm": [True, False],
+    "activation": ["gelu", "relu", "sq_relu", "swiglu"], "num_kv_heads": [0, 2, 1],
+    "tie_embeddings": [True, False], "use_bias": [True, False], "dropout": [0.0, 0.1],
+    "scaled_residual_init": [True, False], "scan_layers": [True, False],
+    "remat": ["none", "full", "dots", "dots_no_batch"], "loss_chunk": [0, 4],
+    "dtype": [jnp.float32, jnp.bfloat16], "attention_impl": ["auto", "xla"],
+}
+# Five models cover every value of every switch (value i of a switch goes to model i mod n).
+COMBOS = [{k: vs[i % len(vs)] for k, vs in SWITCHES.items()} for i in range(5)]
+
+
+def test_combos_cover_every_switch_value():
+  for k, vs in SWITCHES.items():
+    assert {repr(c[k]) for c in COMBOS} == {repr(v) for v in vs}, k
+
+
+@pytest.mark.parametrize("combo", COMBOS, ids=lambda c: f"{c['position']}-{c['activation']}")
+def test_every_switch_trains(combo):
+  losses = train_steps(Transformer(**{**SMALL, **combo}), steps=8)
+  assert np.isfinite(losses).all() and losses[-1] < losses[0], (combo, losses)
