@@ -92,6 +92,7 @@ def get_config():
   config.train.keep_checkpoints = 3    # the newest N
   config.train.keep_period = 0         # and every K-th step for good; 0 = none
   config.train.async_checkpoints = True
+  config.train.compilation_cache = "~/.cache/whetstone/jax"  # persistent XLA cache; "" = off
   config.train.peak_tflops = 0.0       # per chip, for mfu; 0 = the datasheet bf16 peak if known
 
   config.eval = ml_collections.ConfigDict()
@@ -113,3 +114,31 @@ def get_config():
 
   config.dtype = "float32"             # compute dtype: float32 | bfloat16 (params stay float32)
   return config
+
+
+def transformer_model():
+  """Every switch of models/transformer.py at its default, so that each one is a
+  --config.model.KEY=VALUE override away (tests check these match the model)."""
+  model = ml_collections.ConfigDict()
+  model.name = "transformer"
+  model.vocab_size = 256
+  model.num_layers = 6
+  model.num_heads = 6
+  model.num_kv_heads = 0        # 0 = num_heads; 1 = multi-query; else grouped
+  model.d_model = 384
+  model.mlp_dim = 0             # 0 = 4 * d_model
+  model.max_len = 256
+  model.position = "learned"    # learned | sinusoidal | rope | alibi | none
+  model.rope_base = 10000.0
+  model.norm = "layernorm"      # layernorm | rmsnorm
+  model.pre_norm = True
+  model.activation = "gelu"     # gelu | relu | sq_relu | swiglu
+  model.attention_impl = "auto"  # auto | cudnn | xla
+  model.tie_embeddings = True
+  model.use_bias = False
+  model.dropout = 0.0
+  model.scaled_residual_init = True
+  model.scan_layers = True
+  model.remat = "none"          # none | full | dots | dots_no_batch
+  model.loss_chunk = 0          # fused head+loss chunk (positions); 0 = whole logits
+  return model

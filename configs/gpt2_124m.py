@@ -26,7 +26,7 @@ def get_config(arg=None):
   config.data.eval_batch_size = 64
   config.data.eval_limit = 512
 
-  config.model.name = "transformer"
+  config.model = base.transformer_model()
   config.model.vocab_size = 50304
   config.model.num_layers = 12
   config.model.num_heads = 12

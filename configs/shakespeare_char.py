@@ -22,7 +22,7 @@ def get_config(arg=None):
   config.data.batch_size = 64
   config.data.eval_batch_size = 64
 
-  config.model.name = "transformer"
+  config.model = base.transformer_model()
   config.model.vocab_size = 256
   config.model.num_layers = 6
   config.model.num_heads = 6

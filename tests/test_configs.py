@@ -57,3 +57,13 @@ def test_resnet_depth_argument():
   assert module.get_config("depth=34").model.stage_sizes == (3, 4, 6, 3)
   with pytest.raises(ValueError, match="depth=50"):
     module.get_config("depth=50")
+
+
+def test_transformer_config_lists_every_switch_at_the_model_default():
+  import dataclasses
+  from models.transformer import Transformer
+  fields = {f.name: f.default for f in dataclasses.fields(Transformer)
+            if f.name not in ("parent", "name", "dtype", "num_classes")}
+  declared = dict(base.transformer_model().items())
+  declared.pop("name")
+  assert declared == fields

@@ -11,8 +11,18 @@ from train_lib.errors import Diverged, Preempted, UserError  # noqa: F401
 MODES = ("train", "eval", "sample")
 
 
+def enable_compilation_cache(path: str):
+  """Compiled steps persist across restarts: a rerun skips XLA compilation."""
+  import os
+  import jax
+  if path:
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
 def run(mode: str, config, workdir: str) -> dict:
   from train_lib import loop
+  enable_compilation_cache(config.train.compilation_cache)
   if mode == "train":
     return loop.train(config, workdir)
   if mode == "eval":

@@ -20,7 +20,7 @@ from absl import logging
 import input_pipeline
 import models
 from train_lib import capsule, checkpointing, optim, partitioning, state as state_lib, step
-from train_lib import tasks, writers
+from train_lib import plots, tasks, writers
 from train_lib.errors import Diverged, UserError
 
 DTYPES = {"float32": "float32", "bfloat16": "bfloat16"}
@@ -176,6 +176,8 @@ def train(config, workdir: str) -> dict:
     ckpt.close()
   finally:
     writer.close()
+  if jax.process_index() == 0:
+    plots.loss_curves(workdir, f"{config.model.name} on {config.data.name}")
   return result
 
 

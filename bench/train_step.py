@@ -1,0 +1,147 @@
+"""Train-step benchmark: tokens/s, MFU, step time, compile time and memory per variant.
+
+    python bench/train_step.py --config=configs/gpt2_124m.py:synthetic --micro_batches=32,64 \
+        --variant="baseline:model.attention_impl=xla,model.loss_chunk=0" \
+        --variant="cudnn+chunked:model.attention_impl=cudnn,model.loss_chunk=128"
+
+One micro-batch per step (grad_accum_steps=1), the same device-resident batch every step
+(the input pipeline is measured by bench/input_pipeline.py). After --warmup steps it
+times --steps steps one by one (each synchronised) and reports the median. MFU is taken
+against the bf16 matmul peak measured in the same run (8192^3 products) and, in the last
+column, against the datasheet peak. FLOPs per token: 6N + 12*L*D*T (N without position
+embeddings), nanoGPT's formula.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from ml_collections import config_flags  # noqa: E402,F401
+
+from train_lib import loop, partitioning, state as state_lib, step  # noqa: E402
+
+
+def load_config(spec):
+  import importlib.util
+  path, _, arg = spec.partition(":")
+  module_spec = importlib.util.spec_from_file_location("bench_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg or None)
+
+
+def apply_overrides(config, overrides):
+  for item in filter(None, overrides.split(",")):
+    key, _, value = item.partition("=")
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    kind = type(node[leaf])
+    node[leaf] = (value.lower() in ("1", "true")) if kind is bool else kind(value)
+
+
+def matmul_peak_tflops(n=8192, reps=20):
+  k1, k2 = jax.random.split(jax.random.PRNGKey(0))
+  a = jax.random.normal(k1, (n, n), jnp.bfloat16)
+  b = jax.random.normal(k2, (n, n), jnp.bfloat16)
+  f = jax.jit(lambda a, b: a @ b)
+  f(a, b).block_until_ready()
+  times = []
+  for _ in range(reps):
+    t = time.perf_counter()
+    f(a, b).block_until_ready()
+    times.append(time.perf_counter() - t)
+  return 2 * n**3 / statistics.median(times) / 1e12
+
+
+def bench_one(config, steps, warmup):
+  s = loop.setup(config)
+  batch_sharding = partitioning.batch_sharding(s.mesh)
+  _, state = state_lib.create_sharded(s.model, s.tx, s.task, s.dummy_batch, config.seed, s.mesh)
+  fn = step.compile_train_step(s.model, s.task, s.tx, s.schedule, 1, s.state_sharding,
+                               batch_sharding)
+  batch = s.data.next_train()
+  t = time.perf_counter()
+  compiled = fn.lower(state, batch).compile()
+  compile_s = time.perf_counter() - t
+  mem = compiled.memory_analysis()
+  mem_gb = None
+  if mem is not None:
+    mem_gb = (mem.argument_size_in_bytes + mem.output_size_in_bytes +
+              mem.temp_size_in_bytes - mem.alias_size_in_bytes) / 2**30
+  for _ in range(warmup):
+    state, metrics = compiled(state, batch)
+  jax.block_until_ready(metrics)
+  times = []
+  for _ in range(steps):
+    t = time.perf_counter()
+    state, metrics = compiled(state, batch)
+    jax.block_until_ready(metrics)
+    times.append(time.perf_counter() - t)
+  step_s = statistics.median(times)
+  tokens = s.task.items_per_batch(config.data.batch_size)
+  return {"step_ms": step_s * 1e3, "tokens_per_sec": tokens / step_s,
+          "flops_per_token": loop.flops_per_item(s, state.params), "compile_s": compile_s,
+          "memory_gb": mem_gb, "loss": float(metrics["loss"]),
+          "params": state_lib.num_params(state.params)}
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--config", default="configs/gpt2_124m.py:synthetic")
+  parser.add_argument("--micro_batches", default="32")
+  parser.add_argument("--variant", action="append", default=[],
+                      help="name:key=value,key=value (repeatable); none = the config as is")
+  parser.add_argument("--steps", type=int, default=30)
+  parser.add_argument("--warmup", type=int, default=5)
+  parser.add_argument("--json", default="")
+  args = parser.parse_args()
+  variants = [v.partition(":")[::2] for v in args.variant] or [("config", "")]
+  peak = matmul_peak_tflops()
+  sheet = loop.PEAK_TFLOPS.get(next((k for k in loop.PEAK_TFLOPS
+                                     if k in jax.devices()[0].device_kind), ""), 0)
+  rows = []
+  for name, overrides in variants:
+    for mb in map(int, args.micro_batches.split(",")):
+      config = load_config(args.config)
+      apply_overrides(config, overrides)
+      config.data.batch_size = mb
+      config.optim.grad_accum_steps = 1
+      try:
+        r = bench_one(config, args.steps, args.warmup)
+      except Exception as e:  # e.g. out of memory: report and go on
+        r = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"}
+      r.update(variant=name, micro_batch=mb)
+      if "tokens_per_sec" in r:
+        r["mfu"] = r["tokens_per_sec"] * r["flops_per_token"] / (peak * 1e12)
+      rows.append(r)
+      print(json.dumps(r), flush=True)
+  dev = jax.devices()[0]
+  print(f"\n{args.config} on {jax.device_count()}x {dev.device_kind}, jax {jax.__version__}; "
+        f"bf16 matmul peak measured {peak:.0f} TFLOP/s (datasheet {sheet:.0f})")
+  print(f"{'variant':<28}{'mb':>4}{'step ms':>9}{'tokens/s':>11}{'MFU':>7}{'MFU sheet':>10}"
+        f"{'compile s':>10}{'mem GB':>8}")
+  for r in rows:
+    if "error" in r:
+      print(f"{r['variant']:<28}{r['micro_batch']:>4}  {r['error']}")
+      continue
+    sheet_mfu = r["tokens_per_sec"] * r["flops_per_token"] / (sheet * 1e12) if sheet else 0
+    mem = f"{r['memory_gb']:.1f}" if r["memory_gb"] is not None else "-"
+    print(f"{r['variant']:<28}{r['micro_batch']:>4}{r['step_ms']:>9.1f}"
+          f"{r['tokens_per_sec']:>11,.0f}{r['mfu']:>7.1%}{sheet_mfu:>10.1%}"
+          f"{r['compile_s']:>10.1f}{mem:>8}")
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump({"peak_tflops": peak, "device": dev.device_kind, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+  main()
