@@ -48,7 +48,7 @@ def get_config(arg=None):
   config.train.eval_every = 250
   config.train.checkpoint_every = 1000
   config.data.eval_limit = 0
-  config.sample.max_new_tokens = 500
+  config.sample.max_new_tokens = 250   # prompt + new tokens must fit in max_len
   if arg.runlocal:
     config.dtype = "float32"
     config.data.seq_len = 64

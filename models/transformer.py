@@ -167,8 +167,7 @@ class Transformer(nn.Module):
     else:
       w_DxV = self.param("head", nn.initializers.normal(0.02), (self.d_model, self.vocab_size))
     if targets is None:
-      return jnp.einsum("btd,dv->btv", x_BxTxD, w_DxV.astype(self.dtype),
-                        preferred_element_type=jnp.float32)
+      return jnp.einsum("btd,dv->btv", x_BxTxD, w_DxV.astype(self.dtype)).astype(jnp.float32)
     return fused_head_loss(x_BxTxD, w_DxV.astype(self.dtype), targets, self.loss_chunk)
 
   def flops_per_token(self, num_params: int, seq_len: int) -> float:
@@ -178,25 +177,28 @@ class Transformer(nn.Module):
 
 
 def _head_loss(h_BxCxD, w_DxV, targets_BxC):
-  logits_BxCxV = jnp.einsum("bcd,dv->bcv", h_BxCxD, w_DxV, preferred_element_type=jnp.float32)
+  # Logits are stored in the compute dtype (bf16 under mixed precision, as in PyTorch's
+  # autocast); the softmax statistics are taken in float32.
+  logits_BxCxV = jnp.einsum("bcd,dv->bcv", h_BxCxD, w_DxV).astype(jnp.float32)
   lse_BxC = jax.nn.logsumexp(logits_BxCxV, axis=-1)
-  target_logit_BxC = jnp.take_along_axis(logits_BxCxV, targets_BxC[..., None], -1)[..., 0]
+  # A one-hot reduction, not a gather: its gradient fuses into softmax - one_hot.
+  one_hot = targets_BxC[..., None] == jnp.arange(logits_BxCxV.shape[-1])
+  target_logit_BxC = jnp.sum(jnp.where(one_hot, logits_BxCxV, 0.0), axis=-1)
   correct_BxC = (logits_BxCxV.argmax(-1) == targets_BxC).astype(jnp.float32)
   return lse_BxC - target_logit_BxC, correct_BxC
 
 
 def fused_head_loss(h_BxTxD, w_DxV, targets_BxT, chunk: int):
-  """Per-position NLL and correctness; with chunk > 0 over rematerialised T-chunks."""
+  """Per-position NLL and correctness; with chunk > 0 over rematerialised T-chunks
+  (an unrolled loop: XLA schedules it better than a scan)."""
   B, T, D = h_BxTxD.shape
   if not chunk or chunk >= T:
     nll, correct = _head_loss(h_BxTxD, w_DxV, targets_BxT)
     return {"nll": nll, "correct": correct}
   if T % chunk:
     raise ValueError(f"loss_chunk={chunk} must divide the sequence length {T}")
-  n = T // chunk
-  h_NxBxCxD = h_BxTxD.reshape(B, n, chunk, D).swapaxes(0, 1)
-  t_NxBxC = targets_BxT.reshape(B, n, chunk).swapaxes(0, 1)
-  body = jax.checkpoint(lambda _, xs: (None, _head_loss(xs[0], w_DxV, xs[1])))
-  _, (nll_NxBxC, correct_NxBxC) = jax.lax.scan(body, None, (h_NxBxCxD, t_NxBxC))
-  unchunk = lambda x: x.swapaxes(0, 1).reshape(B, T)
-  return {"nll": unchunk(nll_NxBxC), "correct": unchunk(correct_NxBxC)}
+  piece = jax.checkpoint(_head_loss)
+  parts = [piece(h_BxTxD[:, i:i + chunk], w_DxV, targets_BxT[:, i:i + chunk])
+           for i in range(0, T, chunk)]
+  return {"nll": jnp.concatenate([p[0] for p in parts], axis=1),
+          "correct": jnp.concatenate([p[1] for p in parts], axis=1)}
