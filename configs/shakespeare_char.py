@@ -6,7 +6,8 @@
     python main.py --config=configs/shakespeare_char.py:runlocal --workdir=/tmp/s  # seconds, CPU
 
 Dropout applies to the embeddings and both residual branches (cuDNN's attention has no
-attention-probability dropout). Measured: see README "Language models".
+attention-probability dropout). Measured (seed 0, one H100, 5,000 steps): held-out loss
+1.165 (1.68 bits per byte); curve in bench/results/shakespeare_char_loss_h100.png.
 """
 
 from configs import base
