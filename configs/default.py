@@ -3,8 +3,8 @@
     python main.py --config=configs/default.py --workdir=runs/default
     python main.py --config=configs/default.py:runlocal --workdir=/tmp/d  # seconds
 
-Measured, seed 0, 1,500 steps: test accuracy 0.986 (loss 0.065) in 36 s on a
-2-core CPU (jax 0.10.2); 0.983 on one H200 (jax 0.11.2). runlocal: 0.950.
+Measured, seed 0, 1,500 steps, 2026-11-22: test accuracy 0.983 (loss 0.061) in 21 s on a
+2-core CPU (jax 0.10.2). runlocal: 0.950.
 """
 
 from configs import base

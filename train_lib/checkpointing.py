@@ -69,3 +69,17 @@ class Checkpointer:
   def close(self):
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def open_for_reading(workdir: str, step: int = -1):
+  """(Checkpointer, step) for eval and sample: the newest step, or `step` if >= 0.
+  Refuses, before any device work, a workdir without checkpoints or a missing step."""
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  ckpt = Checkpointer(workdir, read_only=True)
+  steps = ckpt.all_steps()
+  if not steps:
+    raise UserError(f"no checkpoint in {workdir}; train first or point --workdir at a run")
+  wanted = steps[-1] if step < 0 else step
+  if wanted not in steps:
+    raise UserError(f"step {wanted} not found in {ckpt.directory}; available: {steps}")
+  return ckpt, wanted

@@ -241,13 +241,7 @@ def _train_loop(config, s, state, ckpt, writer, eval_step, batch_sharding, start
 
 def evaluate(config, workdir: str) -> dict:
   workdir = os.path.abspath(os.path.expanduser(workdir))
-  ckpt = checkpointing.Checkpointer(workdir, read_only=True)
-  steps = ckpt.all_steps()
-  if not steps:
-    raise UserError(f"no checkpoint in {workdir}; train first or point --workdir at a run")
-  wanted = steps[-1] if config.eval.step < 0 else config.eval.step
-  if wanted not in steps:
-    raise UserError(f"step {wanted} not found in {ckpt.directory}; available: {steps}")
+  ckpt, wanted = checkpointing.open_for_reading(workdir, config.eval.step)
   s = setup(config)
   batch_sharding = partitioning.batch_sharding(s.mesh)
   eval_step = step.compile_eval_step(s.model, s.task, s.state_sharding, batch_sharding)

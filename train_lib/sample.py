@@ -54,11 +54,7 @@ def generate(model, params, prompt_BxP, rng, *, num_new: int, temperature: float
 def generate_from_workdir(config, workdir: str) -> dict:
   from train_lib import loop, partitioning
   workdir = os.path.abspath(os.path.expanduser(workdir))
-  ckpt = checkpointing.Checkpointer(workdir, read_only=True)
-  steps = ckpt.all_steps()
-  if not steps:
-    raise UserError(f"no checkpoint in {workdir}; train first or point --workdir at a run")
-  wanted = steps[-1] if config.eval.step < 0 else config.eval.step
+  ckpt, wanted = checkpointing.open_for_reading(workdir, config.eval.step)
   s = loop.setup(config)
   if not hasattr(s.data, "encode"):
     raise UserError(f"--mode=sample needs a text dataset; data.name={config.data.name!r}")
