@@ -74,6 +74,10 @@ def main(argv):
     result = train_lib.run(_MODE.value, _CONFIG.value, _WORKDIR.value)
   except (train_lib.UserError, train_lib.Diverged, train_lib.Preempted) as e:
     fail(str(e), e.exit_code)
+  except RuntimeError as e:
+    if "Unable to initialize backend" in str(e):  # e.g. a bad --jax_platforms
+      fail(_explain(e, argv))
+    raise
   print(json.dumps(result), flush=True)
 
 

@@ -117,6 +117,7 @@ def test_same_seed_same_numbers_other_seed_differs(trained, tmp_path, tfds_dir):
     (["--config.mesh.data=3"], "mesh"),
     (["--config.data.batch_size=7", "--config.mesh.data=2"], "batch_size=7"),
     (["--workdir=/proc/forbidden"], "not writable"),
+    (["--jax_platforms=bogus"], "Unable to initialize backend 'bogus'"),
 ])
 def test_bad_input_exits_2_with_one_line(tmp_path, tfds_dir, args, message):
   workdir = [] if any(a.startswith("--workdir") for a in args) else [
@@ -129,6 +130,12 @@ def test_bad_input_exits_2_with_one_line(tmp_path, tfds_dir, args, message):
   assert len(lines) == 1 and message in lines[0], proc.stderr
   assert "Traceback" not in proc.stderr
   assert not os.path.exists(tmp_path / "w" / "checkpoints")
+
+
+def test_jax_flags_are_accepted(tmp_path, tfds_dir):
+  proc = run_main(DEFAULT, f"--workdir={tmp_path}", f"--config.data.tfds_dir={tfds_dir}",
+                  "--jax_platforms=cpu", "--config.train.num_steps=6")
+  assert last_json(proc.stdout)["step"] == 6
 
 
 def test_missing_required_flags(tmp_path):
