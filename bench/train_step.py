@@ -9,7 +9,8 @@ One micro-batch per step (grad_accum_steps=1), the same device-resident batch ev
 times --steps steps one by one (each synchronised) and reports the median. MFU is taken
 against the bf16 matmul peak measured in the same run (8192^3 products) and, in the last
 column, against the datasheet peak. FLOPs per token: 6N + 12*L*D*T (N without position
-embeddings), nanoGPT's formula.
+embeddings), nanoGPT's formula. "mem GB" is XLA's compiled footprint of the step
+(arguments + outputs + temporaries - aliased), read from memory_analysis().
 """
 
 import argparse
