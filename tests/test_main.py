@@ -156,3 +156,39 @@ def test_fashion_mnist_resnet_runlocal(tmp_path, tfds_dir):
                   "--config.train.num_steps=10", "--config.data.eval_batch_size=2000")
   result = last_json(proc.stdout)
   assert result["num_examples"] == 10_000 and result["step"] == 10
+
+
+def _run_until(args, marker, sig, tfds_dir):
+  """Starts main.py, waits for `marker` on stderr, sends `sig`; returns (code, stderr)."""
+  import signal
+  import subprocess
+  import sys
+  from helpers import REPO
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
+             XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  proc = subprocess.Popen([sys.executable, os.path.join(REPO, "main.py"), *args,
+                           f"--config.data.tfds_dir={tfds_dir}"], cwd=REPO, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  lines = []
+  for line in proc.stderr:
+    lines.append(line)
+    if marker in line:
+      proc.send_signal(getattr(signal, sig))
+      break
+  rest = proc.stderr.read()
+  proc.wait(timeout=120)
+  return proc.returncode, "".join(lines) + rest
+
+
+def test_sigterm_and_sigint_save_and_exit_75_then_resume(tmp_path, tfds_dir):
+  args = [DEFAULT, f"--workdir={tmp_path}", "--config.train.num_steps=3000",
+          "--config.train.log_every=10", "--config.train.checkpoint_every=0",
+          "--config.train.eval_every=0"]
+  code, err = _run_until(args, "step 20/3000", "SIGTERM", tfds_dir)
+  assert code == 75, err[-2000:]
+  assert "preempted by SIGTERM" in err and "checkpoint saved" in err
+  saved = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
+  assert len(saved) == 1 and saved[0] >= 20
+  code, err = _run_until(args, "step 40/3000", "SIGINT", tfds_dir)
+  assert code == 75 and f"resumed from checkpoint at step {saved[0]}" in err, err[-2000:]
+  assert "preempted by SIGINT" in err

@@ -9,7 +9,9 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from typing import Any
 
@@ -21,7 +23,7 @@ import input_pipeline
 import models
 from train_lib import capsule, checkpointing, optim, partitioning, state as state_lib, step
 from train_lib import plots, tasks, writers
-from train_lib.errors import Diverged, UserError
+from train_lib.errors import Diverged, Preempted, UserError
 
 DTYPES = {"float32": "float32", "bfloat16": "bfloat16"}
 
@@ -181,7 +183,33 @@ def train(config, workdir: str) -> dict:
   return result
 
 
+class StopSignals:
+  """SIGTERM and SIGINT set a flag that the loop reads at the next step boundary."""
+
+  def __init__(self):
+    self.signum, self._old = None, {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._old[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    self.signum = signum
+
+  def __exit__(self, *exc):
+    for sig, handler in self._old.items():
+      signal.signal(sig, handler)
+
+
 def _train_loop(config, s, state, ckpt, writer, eval_step, batch_sharding, start):
+  with StopSignals() as stop:
+    return _train_steps(config, s, state, ckpt, writer, eval_step, batch_sharding, start,
+                        stop)
+
+
+def _train_steps(config, s, state, ckpt, writer, eval_step, batch_sharding, start, stop):
   tc = config.train
   train_step = step.compile_train_step(s.model, s.task, s.tx, s.schedule,
                                        config.optim.grad_accum_steps, s.state_sharding,
@@ -233,9 +261,15 @@ def _train_loop(config, s, state, ckpt, writer, eval_step, batch_sharding, start
                                if isinstance(v, float)))
       result = {"step": current, "split": config.data.eval_split, **metrics}
       t_log = time.perf_counter()  # eval time does not count against training speed
-    if (tc.checkpoint_every and current % tc.checkpoint_every == 0) or last:
+    if (tc.checkpoint_every and current % tc.checkpoint_every == 0) or last or stop.signum:
       ckpt.save(current, state, s.data.train_iter)
       last_saved = current
+    if stop.signum and not last:
+      ckpt.wait()
+      name = signal.Signals(stop.signum).name
+      writers.console(f"{name}: saved checkpoint at step {current} in {ckpt.directory}")
+      raise Preempted(f"preempted by {name} at step {current}, checkpoint saved; "
+                      "rerun the same command to continue")
   return result
 
 
