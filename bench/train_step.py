@@ -24,7 +24,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-from ml_collections import config_flags  # noqa: E402,F401
 
 from train_lib import loop, partitioning, state as state_lib, step  # noqa: E402
 
@@ -108,8 +107,7 @@ def main():
   args = parser.parse_args()
   variants = [v.partition(":")[::2] for v in args.variant] or [("config", "")]
   peak = matmul_peak_tflops()
-  sheet = loop.PEAK_TFLOPS.get(next((k for k in loop.PEAK_TFLOPS
-                                     if k in jax.devices()[0].device_kind), ""), 0)
+  sheet = loop.datasheet_peak_tflops()
   rows = []
   for name, overrides in variants:
     for mb in map(int, args.micro_batches.split(",")):

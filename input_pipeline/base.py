@@ -44,12 +44,11 @@ def local_size(global_size, nproc, name):
   return global_size // nproc
 
 
-def epoch_positions(seed, first, count, size, cache):
-  """Indices into a split for stream positions first..first+count-1: every epoch is
-  a fresh seeded permutation of range(size)."""
-  positions = np.arange(first, first + count)
+def epoch_positions(seed, positions, size, cache):
+  """Indices into a split for stream `positions`: every epoch is a fresh seeded
+  permutation of range(size)."""
   epochs = positions // size
-  indices = np.empty(count, np.int64)
+  indices = np.empty(len(positions), np.int64)
   for epoch in np.unique(epochs):
     epoch = int(epoch)
     if epoch not in cache:
@@ -64,6 +63,7 @@ def epoch_positions(seed, first, count, size, cache):
 class Data:
   num_classes = None
   vocab_size = None
+  seq_len = None
 
   def __init__(self, config, seed: int, sharding, eval_sharding=None):
     self.config, self.seed, self.sharding = config, seed, sharding
@@ -80,6 +80,15 @@ class Data:
   def _read_options(self):
     return grain.ReadOptions(num_threads=self.config.worker_threads,
                              prefetch_buffer_size=self.config.prefetch)
+
+  def local_positions(self, j: int, global_size: int, local_size: int):
+    """Stream positions of this process's rows of global batch j."""
+    first = j * global_size + jax.process_index() * local_size
+    return np.arange(first, first + local_size)
+
+  def eval_count(self) -> int:
+    """How many masked-in items (examples, or target tokens) one full eval counts."""
+    return self.num_eval
 
   @property
   def num_eval_batches(self):

@@ -174,9 +174,8 @@ class ImageData(Data):
 
   def train_batch(self, j: int) -> dict:
     """This process's rows of global batch j, as numpy arrays."""
-    G, L = self.config.batch_size, self.local_batch
-    indices = epoch_positions(self.seed, j * G + jax.process_index() * L, L, self.num_train,
-                              self._orders)
+    positions = self.local_positions(j, self.config.batch_size, self.local_batch)
+    indices = epoch_positions(self.seed, positions, self.num_train, self._orders)
     batch = read_batch(self.train_source, indices)
     images = self._augment(batch["image"], j)
     return {"image": self._normalize(images), "label": batch["label"].astype(np.int32)}
@@ -200,9 +199,7 @@ class ImageData(Data):
 
   def eval_batch(self, j: int) -> dict:
     """This process's rows of eval batch j; rows past the end are padding with mask 0."""
-    G, L = self.config.eval_batch_size, self.local_eval_batch
-    first = j * G + jax.process_index() * L
-    positions = np.arange(first, first + L)
+    positions = self.local_positions(j, self.config.eval_batch_size, self.local_eval_batch)
     valid = positions < self.num_eval
     batch = read_batch(self.eval_source, np.where(valid, positions, 0))
     return {"image": self._normalize(batch["image"]),

@@ -14,7 +14,6 @@ import hashlib
 import math
 import os
 
-import jax
 import numpy as np
 
 from input_pipeline import builders
@@ -82,32 +81,33 @@ class TextData(Data):
       self.num_eval = math.ceil((len(self.eval_tokens) - 1) / T)
       if config.eval_limit:
         self.num_eval = min(self.num_eval, config.eval_limit)
-    self.num_eval_tokens = self._eval_token_count()
     self._orders = {}
     self.start()
 
-  def _eval_token_count(self):
+  def eval_count(self) -> int:
+    """Target tokens one full eval predicts: every held-out token after the first."""
     if self.eval_tokens is None:
       return self.num_eval * self.seq_len
     return min(self.num_eval * self.seq_len, len(self.eval_tokens) - 1)
 
   def train_batch(self, j: int) -> dict:
     G, L, T = self.config.batch_size, self.local_batch, self.seq_len
-    first = j * G + jax.process_index() * L
+    positions = self.local_positions(j, G, L)
     if self.train_tokens is None:
       rng = np.random.default_rng((self.seed, j))
       tokens = rng.integers(0, self.vocab_size, (G, T + 1), dtype=np.int32)
-      return {"tokens": tokens[first - j * G: first - j * G + L]}
-    windows = epoch_positions(self.seed, first, L, self.num_train, self._orders)
-    epochs = np.arange(first, first + L) // self.num_train
-    shifts = np.array([np.random.default_rng((self.seed, 2, int(e))).integers(T) for e in epochs])
-    starts = windows * T + shifts
+      return {"tokens": tokens[positions - j * G]}
+    windows = epoch_positions(self.seed, positions, self.num_train, self._orders)
+    epochs = positions // self.num_train
+    shift = {e: np.random.default_rng((self.seed, 2, int(e))).integers(T)
+             for e in np.unique(epochs)}
+    starts = windows * T + np.array([shift[e] for e in epochs])
     tokens = self.train_tokens[starts[:, None] + np.arange(T + 1)]
     return {"tokens": tokens.astype(np.int32)}
 
   def eval_batch(self, j: int) -> dict:
-    G, L, T = self.config.eval_batch_size, self.local_eval_batch, self.seq_len
-    windows = j * G + jax.process_index() * L + np.arange(L)
+    T = self.seq_len
+    windows = self.local_positions(j, self.config.eval_batch_size, self.local_eval_batch)
     if self.eval_tokens is None:
       rng = np.random.default_rng((self.seed, 3))
       tokens = rng.integers(0, self.vocab_size, (self.num_eval, T + 1), dtype=np.int32)

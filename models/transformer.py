@@ -9,7 +9,6 @@ With targets, the output head and cross-entropy run fused over chunks of
 `loss_chunk` positions (rematerialised), so the [B,T,V] logits never exist whole.
 """
 
-import functools
 import math
 from typing import Any, Optional
 

@@ -1,7 +1,6 @@
 """Input pipeline: builders, splits, determinism, eval coverage, iterator state."""
 
 import gzip
-import os
 
 import jax
 import numpy as np

@@ -2,7 +2,6 @@
 KV-cache decoding against the full forward pass, the initial loss, overfitting one
 batch, and every config switch training a few steps."""
 
-import itertools
 
 import jax
 import jax.numpy as jnp

@@ -6,11 +6,9 @@ checkpoints, loop, evaluation.
 """
 
 import dataclasses
-import json
 import math
 import os
 import signal
-import sys
 import threading
 import time
 from typing import Any
@@ -88,14 +86,14 @@ def _check_model_fits_data(model, data):
   if data.vocab_size and vocab is not None and vocab < data.vocab_size:
     raise UserError(f"model.vocab_size={vocab} is smaller than the data's vocabulary "
                     f"({data.vocab_size}); raise it")
-  if getattr(data, "seq_len", None) and max_len is not None and max_len < data.seq_len:
+  if data.seq_len and max_len is not None and max_len < data.seq_len:
     raise UserError(f"model.max_len={max_len} is shorter than data.seq_len={data.seq_len}")
 
 
 def flops_per_item(s: "Setup", params) -> float:
   """Training FLOPs per token or example, where the model knows them (else 0)."""
   fn = getattr(s.model, "flops_per_token", None)
-  if fn is None or not getattr(s.data, "seq_len", None):
+  if fn is None or not s.data.seq_len:
     return 0.0
   return float(fn(state_lib.num_params(params), s.data.seq_len))
 
@@ -106,14 +104,13 @@ PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "TPU v4": 275.0,
                "TPU v5 lite": 197.0, "TPU v5p": 459.0, "TPU v6 lite": 918.0}
 
 
-def peak_flops(config) -> float:
-  if config.train.peak_tflops:
-    return config.train.peak_tflops * 1e12
+def datasheet_peak_tflops() -> float:
   kind = jax.devices()[0].device_kind
-  for name, tflops in PEAK_TFLOPS.items():
-    if name in kind:
-      return tflops * 1e12
-  return 0.0
+  return next((tflops for name, tflops in PEAK_TFLOPS.items() if name in kind), 0.0)
+
+
+def peak_flops(config) -> float:
+  return (config.train.peak_tflops or datasheet_peak_tflops()) * 1e12
 
 
 def prepare_workdir(workdir: str) -> str:
@@ -136,7 +133,7 @@ def _evaluate(s: Setup, eval_step, state) -> dict:
     sums = eval_step(state, batch)
     total = sums if total is None else jax.tree.map(np.add, total, sums)
   total = jax.device_get(total)
-  expected = getattr(s.data, "num_eval_tokens", s.data.num_eval)
+  expected = s.data.eval_count()
   if int(total["count"]) != expected:
     raise AssertionError(f"evaluated {total['count']} items, expected {expected}")
   return {**s.task.summarize(total), "num_examples": int(total["count"])}
@@ -170,10 +167,8 @@ def train(config, workdir: str) -> dict:
       result = _train_loop(config, s, state, ckpt, writer, eval_step, batch_sharding, start)
     else:
       writers.console(f"already trained to step {start}; evaluating")
-    if result is None:
-      target = checkpointing.sharded_target(s.abstract_state, s.state_sharding)
-      state = ckpt.restore(ckpt.latest_step(), target)
-      result = {"step": int(state.step), "split": config.data.eval_split,
+    if result is None:  # already trained: `state` is the newest checkpoint, restored above
+      result = {"step": start, "split": config.data.eval_split,
                 **_evaluate(s, eval_step, state)}
     ckpt.close()
   finally:
@@ -241,8 +236,7 @@ def _train_steps(config, s, state, ckpt, writer, eval_step, batch_sharding, star
       elapsed = time.perf_counter() - t_log
       sps = steps_since_log / elapsed
       items = sps * s.task.items_per_batch(config.data.batch_size)
-      unit = "tokens_per_sec" if s.task.unit == "tokens" else "examples_per_sec"
-      means.update({"steps_per_sec": sps, unit: items})
+      means.update({"steps_per_sec": sps, f"{s.task.unit}_per_sec": items})
       if flops and peak:
         means["mfu"] = items * flops / peak
       writer.write(current, "train", means)

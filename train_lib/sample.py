@@ -52,7 +52,7 @@ def generate(model, params, prompt_BxP, rng, *, num_new: int, temperature: float
 
 
 def generate_from_workdir(config, workdir: str) -> dict:
-  from train_lib import loop, partitioning
+  from train_lib import loop
   workdir = os.path.abspath(os.path.expanduser(workdir))
   ckpt, wanted = checkpointing.open_for_reading(workdir, config.eval.step)
   s = loop.setup(config)
@@ -68,9 +68,8 @@ def generate_from_workdir(config, workdir: str) -> dict:
   target = checkpointing.sharded_target(s.abstract_state, s.state_sharding)
   state = ckpt.restore(wanted, target)
   ckpt.close()
-  params = jax.device_put(state.params, partitioning.replicated(s.mesh))
   prompt_BxP = jnp.asarray(np.tile(prompt[None], (sc.num_samples, 1)))
-  tokens = generate(s.model, params, prompt_BxP, jax.random.PRNGKey(sc.seed),
+  tokens = generate(s.model, state.params, prompt_BxP, jax.random.PRNGKey(sc.seed),
                     num_new=sc.max_new_tokens, temperature=float(sc.temperature),
                     top_k=int(sc.top_k))
   samples = [sc.prompt + s.data.decode(row) for row in np.asarray(tokens)]

@@ -63,7 +63,7 @@ class LanguageModeling:
   unit = "tokens"
 
   def __init__(self, config, data):
-    if not getattr(data, "vocab_size", None):
+    if not data.vocab_size:
       raise UserError(f"data.name={data.config.name!r} is not a text dataset; the lm task "
                       "needs one (shakespeare, text, synthetic_tokens)")
     self.bytes_per_token, self.seq_len = data.bytes_per_token, data.seq_len
