@@ -106,7 +106,8 @@ def main():
   parser.add_argument("--json", default="")
   args = parser.parse_args()
   variants = [v.partition(":")[::2] for v in args.variant] or [("config", "")]
-  peak = matmul_peak_tflops()
+  # 8192^3 products fill a GPU; on a CPU they would take minutes, so measure smaller ones.
+  peak = matmul_peak_tflops(8192 if jax.default_backend() != "cpu" else 1024)
   sheet = loop.datasheet_peak_tflops()
   rows = []
   for name, overrides in variants:
