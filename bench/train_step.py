@@ -63,7 +63,7 @@ def matmul_peak_tflops(n=8192, reps=20):
   return best
 
 
-def bench_one(config, steps, warmup):
+def bench_one(config, steps, warmup, profile_dir=""):
   s = loop.setup(config)
   batch_sharding = partitioning.batch_sharding(s.mesh)
   _, state = state_lib.create_sharded(s.model, s.tx, s.task, s.dummy_batch, config.seed, s.mesh)
@@ -88,6 +88,14 @@ def bench_one(config, steps, warmup):
     jax.block_until_ready(metrics)
     times.append(time.perf_counter() - t)
   step_s = statistics.median(times)
+  if profile_dir:  # a few more steps under the profiler; the timings above are untouched
+    os.makedirs(profile_dir, exist_ok=True)
+    with open(os.path.join(profile_dir, "step.hlo.txt"), "w") as f:
+      f.write(compiled.as_text())
+    with jax.profiler.trace(profile_dir, create_perfetto_trace=True):
+      for _ in range(3):
+        state, metrics = compiled(state, batch)
+      jax.block_until_ready(metrics)
   tokens = s.task.items_per_batch(config.data.batch_size)
   return {"step_ms": step_s * 1e3, "tokens_per_sec": tokens / step_s,
           "flops_per_token": loop.flops_per_item(s, state.params), "compile_s": compile_s,
@@ -104,6 +112,9 @@ def main():
   parser.add_argument("--steps", type=int, default=30)
   parser.add_argument("--warmup", type=int, default=5)
   parser.add_argument("--json", default="")
+  parser.add_argument("--profile", default="",
+                      help="directory: trace 3 more steps per variant (perfetto + HLO text); "
+                      "summarise with bench/profile_summary.py")
   args = parser.parse_args()
   variants = [v.partition(":")[::2] for v in args.variant] or [("config", "")]
   # 8192^3 products fill a GPU; on a CPU they would take minutes, so measure smaller ones.
@@ -117,7 +128,8 @@ def main():
       config.data.batch_size = mb
       config.optim.grad_accum_steps = 1
       try:
-        r = bench_one(config, args.steps, args.warmup)
+        r = bench_one(config, args.steps, args.warmup,
+                      args.profile and os.path.join(args.profile, f"{name}_mb{mb}"))
       except Exception as e:  # e.g. out of memory: report and go on
         r = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"}
       r.update(variant=name, micro_batch=mb)

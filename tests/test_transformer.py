@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from models.layers.attention import Attention, alibi_slopes, rope
+from models.layers.attention import Attention, alibi_slopes, choose_implementation, rope
 from models.transformer import Transformer, fused_head_loss
 
 
@@ -66,6 +66,17 @@ def test_attention_module_with_alibi_matches_numpy():
   heads = numpy_attention(q, k, v, bias=bias)
   want = np.einsum("btnh,nhd->btd", heads, p["out"]["kernel"])
   np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-5)
+
+
+def test_auto_attention_picks_xla_off_gpu_and_refuses_unknown_names():
+  # jax's own default (implementation=None) is XLA even on a GPU: "auto" decides itself.
+  assert choose_implementation("auto", jnp.bfloat16, 64, False) == (
+      "cudnn" if jax.devices()[0].platform == "gpu" else "xla")
+  assert choose_implementation("auto", jnp.float32, 64, False) == "xla"
+  assert choose_implementation("auto", jnp.bfloat16, 64, True) == "xla"
+  assert choose_implementation("cudnn", jnp.float32, 64, False) == "cudnn"
+  with pytest.raises(ValueError, match="attention_impl 'flash' unknown"):
+    choose_implementation("flash", jnp.bfloat16, 64, False)
 
 
 def test_rope_preserves_norms_and_depends_only_on_relative_position():
@@ -175,3 +186,16 @@ def test_combos_cover_every_switch_value():
 def test_every_switch_trains(combo):
   losses = train_steps(Transformer(**{**SMALL, **combo}), steps=8)
   assert np.isfinite(losses).all() and losses[-1] < losses[0], (combo, losses)
+
+
+@pytest.mark.parametrize("vocab", [64, 4096])
+def test_lookup_matches_take_with_gradients(vocab):
+  # One-hot matmul below ONE_HOT_VOCAB, gather above: the same values and gradients.
+  from models.transformer import lookup
+  table = jax.random.normal(jax.random.PRNGKey(0), (vocab, 8))
+  ids = jax.random.randint(jax.random.PRNGKey(1), (3, 5), 0, vocab)
+  g = jax.random.normal(jax.random.PRNGKey(2), (3, 5, 8))
+  f = lambda fn: jax.value_and_grad(lambda t: jnp.sum(fn(t, ids) * g))(table)
+  (v1, g1), (v2, g2) = f(lookup), f(lambda t, i: jnp.take(t, i, axis=0))
+  np.testing.assert_allclose(v1, v2, rtol=1e-6)
+  np.testing.assert_allclose(g1, g2, rtol=1e-6, atol=1e-6)

@@ -15,7 +15,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-IMPLEMENTATIONS = {"auto": None, "cudnn": "cudnn", "xla": "xla"}
+IMPLEMENTATIONS = ("auto", "cudnn", "xla")
+
+
+def choose_implementation(requested: str, dtype, head_dim: int, has_bias: bool) -> str:
+  """"auto" -> cuDNN flash attention where it applies (a GPU, 16-bit inputs, head_dim a
+  multiple of 8 up to 128, no additive bias), else XLA. jax's own default (None) is XLA."""
+  if requested not in IMPLEMENTATIONS:
+    raise ValueError(f"attention_impl {requested!r} unknown; use one of {IMPLEMENTATIONS}")
+  if requested != "auto":
+    return requested
+  cudnn_ok = (jax.devices()[0].platform == "gpu" and
+              jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and
+              head_dim % 8 == 0 and head_dim <= 128 and not has_bias)
+  return "cudnn" if cudnn_ok else "xla"
 
 
 def rope(x_BxTxNxH, positions_BxT, base: float = 10000.0):
@@ -73,9 +86,8 @@ class Attention(nn.Module):
       bias = None
       if self.position == "alibi":
         bias = alibi_bias(self.num_heads, positions_BxT, positions_BxT).astype(self.dtype)
-      impl = IMPLEMENTATIONS[self.implementation]
-      if bias is not None and impl is None:
-        impl = "xla"
+      impl = choose_implementation(self.implementation, q_BxTxNxH.dtype, self.head_dim,
+                                   bias is not None)
       out_BxTxNxH = jax.nn.dot_product_attention(
           q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, bias=bias, is_causal=True,
           key_value_seq_lengths=kv_lengths_B, implementation=impl)
