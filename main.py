@@ -19,7 +19,7 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, optionally with an argument: file.py:arg.",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and logs.")
-_MODE = flags.DEFINE_string("mode", "train", "train | eval")
+_MODE = flags.DEFINE_string("mode", "train", "train | eval | sample | shardings")
 
 
 def fail(message: str, code: int = 2):

@@ -63,12 +63,13 @@ def matmul_peak_tflops(n=8192, reps=20):
   return best
 
 
-def bench_one(config, steps, warmup, profile_dir=""):
-  s = loop.setup(config)
+def bench_one(config, steps, warmup, profile_dir="", devices=None):
+  s = loop.setup(config, devices)
   batch_sharding = partitioning.batch_sharding(s.mesh)
-  _, state = state_lib.create_sharded(s.model, s.tx, s.task, s.dummy_batch, config.seed, s.mesh)
+  _, state = state_lib.create_sharded(s.model, s.tx, s.task, s.dummy_batch, config.seed, s.mesh,
+                                      s.rules)
   fn = step.compile_train_step(s.model, s.task, s.tx, s.schedule, 1, s.state_sharding,
-                               batch_sharding)
+                               batch_sharding, s.rules)
   batch = s.data.next_train()
   t = time.perf_counter()
   compiled = fn.lower(state, batch).compile()

@@ -111,6 +111,16 @@ def get_config():
   config.mesh.data = -1
   config.mesh.fsdp = 1
   config.mesh.tensor = 1
+  # Logical axis names (annotated by the models) -> mesh axes. Unlisted names, and
+  # dimensions the mesh axes do not divide, are replicated.
+  config.mesh.rules = (
+      ("batch", ("data", "fsdp")),  # activations' batch dimension
+      ("embed", "fsdp"),            # parameters' model dimension: FSDP
+      ("vocab", "tensor"),          # tensor parallelism: vocabulary, heads, MLP units
+      ("heads", "tensor"),
+      ("kv_heads", "tensor"),
+      ("mlp", "tensor"),
+  )
 
   config.dtype = "float32"             # compute dtype: float32 | bfloat16 (params stay float32)
   return config

@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from models import register
+from models.layers.named import DENSE
 
 
 @register("mlp")
@@ -18,5 +19,5 @@ class MLP(nn.Module):
   def __call__(self, x_BxHxWxC, train: bool = False):
     x_BxD = x_BxHxWxC.reshape(x_BxHxWxC.shape[0], -1).astype(self.dtype)
     for width in self.hidden:
-      x_BxD = nn.relu(nn.Dense(width, dtype=self.dtype)(x_BxD))
-    return nn.Dense(self.num_classes, dtype=self.dtype)(x_BxD)
+      x_BxD = nn.relu(nn.Dense(width, dtype=self.dtype, kernel_init=DENSE)(x_BxD))
+    return nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=DENSE)(x_BxD)

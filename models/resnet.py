@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from models import register
+from models.layers.named import CONV, DENSE
 
 
 class BasicBlock(nn.Module):
@@ -23,15 +24,16 @@ class BasicBlock(nn.Module):
     norm = lambda name, **kw: nn.BatchNorm(
         use_running_average=not train, momentum=0.9, dtype=self.dtype, name=name, **kw)
     y = nn.Conv(self.features, (3, 3), (self.strides,) * 2, use_bias=False,
-                dtype=self.dtype, name="conv1")(x_BxHxWxC)
+                dtype=self.dtype, kernel_init=CONV, name="conv1")(x_BxHxWxC)
     y = nn.relu(norm("bn1")(y))
-    y = nn.Conv(self.features, (3, 3), use_bias=False, dtype=self.dtype, name="conv2")(y)
+    y = nn.Conv(self.features, (3, 3), use_bias=False, dtype=self.dtype, kernel_init=CONV,
+                name="conv2")(y)
     # Zero-init the last scale of each block so it starts as the identity (Goyal et al.).
     y = norm("bn2", scale_init=nn.initializers.zeros)(y)
     shortcut = x_BxHxWxC
     if shortcut.shape != y.shape:
       shortcut = nn.Conv(self.features, (1, 1), (self.strides,) * 2, use_bias=False,
-                         dtype=self.dtype, name="proj")(shortcut)
+                         dtype=self.dtype, kernel_init=CONV, name="proj")(shortcut)
       shortcut = norm("proj_bn")(shortcut)
     return nn.relu(y + shortcut)
 
@@ -48,9 +50,11 @@ class ResNet(nn.Module):
   def __call__(self, x_BxHxWxC, train: bool = False):
     x = x_BxHxWxC.astype(self.dtype)
     if self.stem == "imagenet":
-      x = nn.Conv(self.width, (7, 7), (2, 2), use_bias=False, dtype=self.dtype, name="stem")(x)
+      x = nn.Conv(self.width, (7, 7), (2, 2), use_bias=False, dtype=self.dtype,
+                  kernel_init=CONV, name="stem")(x)
     elif self.stem == "small":
-      x = nn.Conv(self.width, (3, 3), use_bias=False, dtype=self.dtype, name="stem")(x)
+      x = nn.Conv(self.width, (3, 3), use_bias=False, dtype=self.dtype, kernel_init=CONV,
+                  name="stem")(x)
     else:
       raise ValueError(f"unknown stem {self.stem!r}; use 'small' or 'imagenet'")
     x = nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype,
@@ -63,4 +67,4 @@ class ResNet(nn.Module):
         strides = 2 if i > 0 and j == 0 else 1
         x = BasicBlock(self.width * 2**i, strides, self.dtype, name=f"stage{i}_block{j}")(x, train)
     x_BxC = jnp.mean(x, axis=(1, 2))
-    return nn.Dense(self.num_classes, dtype=self.dtype, name="head")(x_BxC)
+    return nn.Dense(self.num_classes, dtype=self.dtype, kernel_init=DENSE, name="head")(x_BxC)

@@ -20,9 +20,13 @@ import numpy as np
 from models import register
 from models.layers.attention import Attention
 from models.layers.mlp import FeedForward
+from models.layers.named import named
 from models.layers.norm import make_norm
 
 POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "none")
+# The residual stream's sharding: batch over the data axes, the rest whole (a no-op
+# unless the train step traces the model under config.mesh.rules).
+ACTIVATION = ("batch", "length", "act_embed")
 REMAT = {
     "none": None,
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -77,7 +81,7 @@ class Block(nn.Module):
     x_BxTxD = x_BxTxD + drop(h)
     if not self.pre_norm:
       x_BxTxD = norm("mlp_norm")(x_BxTxD)
-    return x_BxTxD, None
+    return nn.with_logical_constraint(x_BxTxD, ACTIVATION), None
 
 
 @register("transformer")
@@ -126,16 +130,17 @@ class Transformer(nn.Module):
           pos.value = pos.value + T
       else:
         positions = jnp.broadcast_to(jnp.arange(T), (B, T))
-    embed = nn.Embed(self.vocab_size, self.d_model, embedding_init=nn.initializers.normal(0.02),
-                     dtype=self.dtype, name="embed")
+    embed = nn.Embed(self.vocab_size, self.d_model, dtype=self.dtype, name="embed",
+                     embedding_init=named(nn.initializers.normal(0.02), "vocab", "embed"))
     x_BxTxD = lookup(embed.embedding.astype(self.dtype), tokens_BxT)
     if self.position == "learned":
-      pos_embed = self.param("pos_embed", nn.initializers.normal(0.01),
+      pos_embed = self.param("pos_embed", named(nn.initializers.normal(0.01), None, "embed"),
                              (self.max_len, self.d_model))
       x_BxTxD = x_BxTxD + jnp.take(pos_embed, positions, axis=0).astype(self.dtype)
     elif self.position == "sinusoidal":
       x_BxTxD = x_BxTxD + sinusoidal(positions, self.d_model).astype(self.dtype)
     x_BxTxD = nn.Dropout(self.dropout, deterministic=not train)(x_BxTxD)
+    x_BxTxD = nn.with_logical_constraint(x_BxTxD, ACTIVATION)
 
     residual_std = 0.02 / math.sqrt(2 * self.num_layers) if self.scaled_residual_init else 0.02
     block_args = dict(
@@ -152,7 +157,8 @@ class Transformer(nn.Module):
     if self.scan_layers:
       x_BxTxD, _ = nn.scan(block, variable_axes={"params": 0, "cache": 0},
                            split_rngs={"params": True, "dropout": True},
-                           in_axes=nn.broadcast, length=self.num_layers)(
+                           in_axes=nn.broadcast, length=self.num_layers,
+                           metadata_params={nn.PARTITION_NAME: "layers"})(
                                **block_args, name="layers")(x_BxTxD, positions)
     else:
       for i in range(self.num_layers):
@@ -164,7 +170,8 @@ class Transformer(nn.Module):
     if self.tie_embeddings:
       w_DxV = embed.embedding.T
     else:
-      w_DxV = self.param("head", nn.initializers.normal(0.02), (self.d_model, self.vocab_size))
+      w_DxV = self.param("head", named(nn.initializers.normal(0.02), "embed", "vocab"),
+                         (self.d_model, self.vocab_size))
     if targets is None:
       return jnp.einsum("btd,dv->btv", x_BxTxD, w_DxV.astype(self.dtype)).astype(jnp.float32)
     return fused_head_loss(x_BxTxD, w_DxV.astype(self.dtype), targets, self.loss_chunk)

@@ -42,10 +42,11 @@ def test_mesh_shapes():
 def run_steps(config, num_steps=5, devices=None, same_batch=False):
   s = loop.setup(config, devices)
   batch_sharding = partitioning.batch_sharding(s.mesh)
-  _, state = state_lib.create_sharded(s.model, s.tx, s.task, s.dummy_batch, config.seed, s.mesh)
+  _, state = state_lib.create_sharded(s.model, s.tx, s.task, s.dummy_batch, config.seed, s.mesh,
+                                      s.rules)
   train_step = step.compile_train_step(s.model, s.task, s.tx, s.schedule,
                                        config.optim.grad_accum_steps, s.state_sharding,
-                                       batch_sharding)
+                                       batch_sharding, s.rules)
   losses, batch = [], s.data.next_train()
   for i in range(num_steps):
     if i and not same_batch:

@@ -3,6 +3,7 @@ KV-cache decoding against the full forward pass, the initial loss, overfitting o
 batch, and every config switch training a few steps."""
 
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -57,7 +58,7 @@ def test_attention_module_with_alibi_matches_numpy():
   attn = Attention(num_heads=N, num_kv_heads=2, head_dim=D // N, position="alibi")
   params = attn.init(jax.random.PRNGKey(1), x, pos)["params"]
   got = attn.apply({"params": params}, x, pos)
-  p = jax.tree.map(np.asarray, params)
+  p = jax.tree.map(np.asarray, nn.meta.unbox(params))   # init's leaves carry axis names
   q = np.einsum("btd,dnh->btnh", x, p["query"]["kernel"])
   k = np.einsum("btd,dnh->btnh", x, p["key"]["kernel"])
   v = np.einsum("btd,dnh->btnh", x, p["value"]["kernel"])

@@ -8,7 +8,7 @@ Errors a user can fix raise train_lib.UserError (exit code 2 from main.py).
 
 from train_lib.errors import Diverged, Preempted, UserError  # noqa: F401
 
-MODES = ("train", "eval", "sample")
+MODES = ("train", "eval", "sample", "shardings")
 
 
 def enable_compilation_cache(path: str):
@@ -30,4 +30,11 @@ def run(mode: str, config, workdir: str) -> dict:
   if mode == "sample":
     from train_lib import sample
     return sample.generate_from_workdir(config, workdir)
+  if mode == "shardings":  # each array's shape, sharding and bytes per device; no training
+    from train_lib import partitioning
+    s = loop.setup(config)
+    print(partitioning.describe(s.abstract_state, s.state_sharding), flush=True)
+    return {"mode": "shardings", "mesh": dict(s.mesh.shape),
+            "bytes_per_device": partitioning.bytes_per_device(s.abstract_state,
+                                                              s.state_sharding)}
   raise UserError(f"--mode={mode} is unknown; use one of {MODES}")

@@ -13,6 +13,7 @@ import threading
 import time
 from typing import Any
 
+import flax.linen as nn
 import jax
 import numpy as np
 from absl import logging
@@ -37,6 +38,7 @@ class Setup:
   abstract_state: Any
   state_sharding: Any
   dummy_batch: Any
+  rules: Any             # config.mesh.rules: logical axis name -> mesh axes
 
 
 def setup(config, devices=None) -> Setup:
@@ -74,11 +76,12 @@ def setup(config, devices=None) -> Setup:
   tx, schedule = optim.build(config.optim, config.train.num_steps)
   dummy = data.dummy_batch()
   try:
-    abstract = state_lib.abstract_state(model, tx, task, dummy, config.seed)
+    boxed = state_lib.abstract_state(model, tx, task, dummy, config.seed, boxed=True)
   except ValueError as e:  # a model's own argument check, raised while tracing init
     raise UserError(f"model {config.model.name!r}: {e}") from None
-  return Setup(mesh, data, model, task, tx, schedule, abstract,
-               partitioning.state_sharding(mesh, abstract), dummy)
+  rules = tuple(config.mesh.rules)
+  return Setup(mesh, data, model, task, tx, schedule, nn.meta.unbox(boxed),
+               partitioning.state_sharding(mesh, boxed, rules), dummy, rules)
 
 
 def _check_model_fits_data(model, data):
@@ -145,7 +148,8 @@ def train(config, workdir: str) -> dict:
   capsule.write(workdir, config)
   tc = config.train
   batch_sharding = partitioning.batch_sharding(s.mesh)
-  eval_step = step.compile_eval_step(s.model, s.task, s.state_sharding, batch_sharding)
+  eval_step = step.compile_eval_step(s.model, s.task, s.state_sharding, batch_sharding,
+                                       s.rules)
   ckpt = checkpointing.Checkpointer(workdir, tc)
   writer = writers.Writer(workdir)
   try:
@@ -157,7 +161,7 @@ def train(config, workdir: str) -> dict:
       writers.console(f"resumed from checkpoint at step {latest}")
     else:
       _, state = state_lib.create_sharded(s.model, s.tx, s.task, s.dummy_batch, config.seed,
-                                          s.mesh)
+                                          s.mesh, s.rules)
     writers.console(f"model {config.model.name}: {state_lib.num_params(state.params):,} "
                     f"parameters; {s.data.num_train:,} train / {s.data.num_eval:,} eval "
                     f"examples per epoch; mesh {dict(s.mesh.shape)}")
@@ -208,7 +212,7 @@ def _train_steps(config, s, state, ckpt, writer, eval_step, batch_sharding, star
   tc = config.train
   train_step = step.compile_train_step(s.model, s.task, s.tx, s.schedule,
                                        config.optim.grad_accum_steps, s.state_sharding,
-                                       batch_sharding)
+                                       batch_sharding, s.rules)
   batch = s.data.next_train()
   t0 = time.perf_counter()
   train_step = train_step.lower(state, batch).compile()
@@ -272,7 +276,8 @@ def evaluate(config, workdir: str) -> dict:
   ckpt, wanted = checkpointing.open_for_reading(workdir, config.eval.step)
   s = setup(config)
   batch_sharding = partitioning.batch_sharding(s.mesh)
-  eval_step = step.compile_eval_step(s.model, s.task, s.state_sharding, batch_sharding)
+  eval_step = step.compile_eval_step(s.model, s.task, s.state_sharding, batch_sharding,
+                                       s.rules)
   target = checkpointing.sharded_target(s.abstract_state, s.state_sharding)
   state = ckpt.restore(wanted, target)
   ckpt.close()

@@ -3,13 +3,22 @@
     mesh = partitioning.make_mesh(config.mesh)        # axes ("data", "fsdp", "tensor")
     batch_sharding = partitioning.batch_sharding(mesh)
 
-Data parallel by default: the batch is split over data x fsdp, the state is
-replicated. (Sharding parameters over fsdp/tensor comes with logical axis rules.)
+The batch is split over data x fsdp. Models name their parameters' axes (Flax logical
+partitioning: "embed", "mlp", "heads", "vocab", ...); config.mesh.rules map those names
+to mesh axes: "embed" -> fsdp shards parameters and optimizer state (FSDP), "heads",
+"mlp" and "vocab" -> tensor (tensor parallelism). A dimension that the mesh axes do not
+divide, and every unnamed one, is replicated; with fsdp = tensor = 1 this is plain data
+parallelism.
+
+    shardings = partitioning.state_sharding(mesh, boxed_abstract_state, config.mesh.rules)
+    print(partitioning.describe(abstract_state, shardings))  # shapes, specs, bytes/device
 """
 
 import math
 
+import flax.linen as nn
 import jax
+import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from train_lib.errors import UserError
@@ -49,8 +58,74 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def state_sharding(mesh: Mesh, abstract_state):
-  return jax.tree.map(lambda _: replicated(mesh), abstract_state)
+def check_rules(rules, mesh: Mesh) -> dict:
+  """config.mesh.rules (pairs of logical name, mesh axis / tuple of axes / None) -> dict."""
+  table = {}
+  for pair in rules:
+    if len(pair) != 2:
+      raise UserError(f"mesh.rules entry {pair!r} must be a pair (logical name, mesh axes)")
+    name, axes = pair
+    axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+    unknown = [a for a in axes if a not in mesh.shape]
+    if unknown:
+      raise UserError(f"mesh.rules maps {name!r} to unknown mesh axes {unknown}; "
+                      f"the axes are {AXES}")
+    table[name] = axes
+  return table
+
+
+def spec_for(names, shape, rules: dict, mesh: Mesh) -> P:
+  """A PartitionSpec for one array whose dimensions carry logical `names`."""
+  used, spec = set(), []
+  for name, dim in zip(names, shape):
+    axes = tuple(a for a in rules.get(name, ()) if a not in used and mesh.shape[a] > 1)
+    if not axes or dim % math.prod(mesh.shape[a] for a in axes):
+      spec.append(None)
+      continue
+    used.update(axes)
+    spec.append(axes[0] if len(axes) == 1 else axes)
+  return P(*spec)
+
+
+def state_sharding(mesh: Mesh, abstract_state, rules=()):
+  """Shardings for a state whose leaves may be Flax-partitioned boxes (from init with
+  logical names); unboxed leaves are replicated. The result's tree is the unboxed one."""
+  table = check_rules(rules, mesh)
+
+  def one(x):
+    if isinstance(x, nn.Partitioned):
+      return NamedSharding(mesh, spec_for(x.names, x.value.shape, table, mesh))
+    return replicated(mesh)
+  return jax.tree.map(one, abstract_state, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+
+
+def bytes_per_device(abstract_state, shardings) -> int:
+  def one(x, sharding):
+    shard = sharding.shard_shape(x.shape)
+    return math.prod(shard) * np.dtype(x.dtype).itemsize
+  return sum(jax.tree.leaves(jax.tree.map(one, abstract_state, shardings)))
+
+
+def describe(abstract_state, shardings) -> str:
+  """One line per array: path, shape, dtype, PartitionSpec, bytes per device; totals."""
+  lines = [f"{'array':<60}{'shape':>20} {'dtype':<9}{'sharding':<28}{'MB/device':>10}"]
+  flat, _ = jax.tree_util.tree_flatten_with_path(abstract_state)
+  specs = jax.tree.leaves(shardings)
+  for (path, x), sharding in zip(flat, specs):
+    name = jax.tree_util.keystr(path, simple=True, separator="/")
+    mb = math.prod(sharding.shard_shape(x.shape)) * np.dtype(x.dtype).itemsize / 2**20
+    lines.append(f"{name[:59]:<60}{str(tuple(x.shape)):>20} {str(x.dtype):<9}"
+                 f"{str(tuple(sharding.spec)):<28}{mb:>10.2f}")
+  total = sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(
+      abstract_state)) / 2**20
+  per_device = bytes_per_device(abstract_state, shardings) / 2**20
+  lines.append(f"total {total:,.1f} MB; per device {per_device:,.1f} MB "
+               f"({per_device / max(total, 1e-9):.1%}) on mesh {dict(shardings_mesh(shardings))}")
+  return "\n".join(lines)
+
+
+def shardings_mesh(shardings):
+  return jax.tree.leaves(shardings)[0].mesh.shape
 
 
 def check_batch(batch_size: int, mesh: Mesh, name: str):

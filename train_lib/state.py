@@ -1,14 +1,17 @@
 """The train state: everything a step reads and writes, and what a checkpoint holds.
 
-    state_shardings, state = state.create_sharded(model, tx, task, dummy_batch, seed, mesh)
+    state_shardings, state = state.create_sharded(model, tx, task, dummy_batch, seed, mesh,
+                                                  rules=config.mesh.rules)
 
 The state is created directly in its sharded layout (eval_shape, then jit with
-out_shardings), never materialised whole on one device.
+out_shardings), never materialised whole on one device. Parameters that a model
+annotates with logical axis names (and their optimizer moments) are sharded by `rules`.
 """
 
 from typing import Any
 
 import flax
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -24,7 +27,9 @@ class TrainState:
   rng: jax.Array         # base key; step keys are fold_in(rng, step)
 
 
-def init_fn(model, tx, task, dummy_batch, seed: int):
+def init_fn(model, tx, task, dummy_batch, seed: int, boxed: bool = False):
+  """The state's initialiser; with boxed=True, annotated leaves stay nn.Partitioned boxes
+  (for their logical names), also in the optimizer state that mirrors the parameters."""
   args, kwargs = task.model_inputs(dummy_batch)
 
   def init():
@@ -34,18 +39,20 @@ def init_fn(model, tx, task, dummy_batch, seed: int):
                            **kwargs)
     variables = flax.core.unfreeze(variables)
     params = variables.pop("params")
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=tx.init(params), model_state=variables, rng=state_rng)
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                       opt_state=tx.init(params), model_state=variables, rng=state_rng)
+    return state if boxed else nn.meta.unbox(state)
   return init
 
 
-def abstract_state(model, tx, task, dummy_batch, seed: int):
-  return jax.eval_shape(init_fn(model, tx, task, dummy_batch, seed))
+def abstract_state(model, tx, task, dummy_batch, seed: int, boxed: bool = False):
+  return jax.eval_shape(init_fn(model, tx, task, dummy_batch, seed, boxed))
 
 
-def create_sharded(model, tx, task, dummy_batch, seed: int, mesh):
+def create_sharded(model, tx, task, dummy_batch, seed: int, mesh, rules=()):
+  boxed = abstract_state(model, tx, task, dummy_batch, seed, boxed=True)
+  shardings = partitioning.state_sharding(mesh, boxed, rules)
   init = init_fn(model, tx, task, dummy_batch, seed)
-  shardings = partitioning.state_sharding(mesh, jax.eval_shape(init))
   return shardings, jax.jit(init, out_shardings=shardings)()
 
 

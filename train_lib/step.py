@@ -10,6 +10,7 @@ gradients are averaged (lax.scan), so one step is always one optimizer update.
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
@@ -74,13 +75,26 @@ def eval_step(state, batch, *, model, task):
   return sums
 
 
-def compile_train_step(model, task, tx, schedule, accum_steps, state_sharding, batch_sharding):
+def _traced_in_mesh(fn, mesh, rules):
+  """Traces `fn` with the mesh and logical rules in scope, so that a model's
+  nn.with_logical_constraint on activations takes effect (a no-op without rules)."""
+  @functools.wraps(fn)
+  def wrapped(*args):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(rules):
+      return fn(*args)
+  return wrapped
+
+
+def compile_train_step(model, task, tx, schedule, accum_steps, state_sharding, batch_sharding,
+                       rules=()):
   fn = functools.partial(train_step, model=model, task=task, tx=tx, schedule=schedule,
                          accum_steps=accum_steps)
-  return jax.jit(fn, in_shardings=(state_sharding, batch_sharding),
+  return jax.jit(_traced_in_mesh(fn, batch_sharding.mesh, rules),
+                 in_shardings=(state_sharding, batch_sharding),
                  out_shardings=(state_sharding, None), donate_argnums=0)
 
 
-def compile_eval_step(model, task, state_sharding, batch_sharding):
+def compile_eval_step(model, task, state_sharding, batch_sharding, rules=()):
   fn = functools.partial(eval_step, model=model, task=task)
-  return jax.jit(fn, in_shardings=(state_sharding, batch_sharding))
+  return jax.jit(_traced_in_mesh(fn, batch_sharding.mesh, rules),
+                 in_shardings=(state_sharding, batch_sharding))

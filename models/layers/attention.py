@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from models.layers.named import named
+
 IMPLEMENTATIONS = ("auto", "cudnn", "xla")
 
 
@@ -52,6 +54,28 @@ def alibi_bias(num_heads, q_positions_BxT, k_positions_BxS):
   return jnp.asarray(alibi_slopes(num_heads))[None, :, None, None] * rel_BxTxS[:, None]
 
 
+class Projection(nn.Module):
+  """x @ kernel as an einsum, the kernel with its full shape and logical axis names (flax's
+  DenseGeneral draws and names a flattened 2-D kernel); bias over the output axes."""
+  equation: str
+  kernel_shape: tuple
+  names: tuple
+  kernel_init: Callable
+  use_bias: bool
+  dtype: Any
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param("kernel", named(self.kernel_init, *self.names), self.kernel_shape)
+    y = jnp.einsum(self.equation, x.astype(self.dtype), kernel.astype(self.dtype))
+    if self.use_bias:
+      inputs, out = self.equation.split("->")
+      k = inputs.split(",")[1]
+      shape = tuple(self.kernel_shape[k.index(c)] for c in out if c in k)
+      y = y + self.param("bias", nn.initializers.zeros, shape).astype(self.dtype)
+    return y
+
+
 class Attention(nn.Module):
   num_heads: int
   num_kv_heads: int
@@ -70,12 +94,13 @@ class Attention(nn.Module):
     if self.num_heads % self.num_kv_heads:
       raise ValueError(f"num_heads={self.num_heads} must be a multiple of "
                        f"num_kv_heads={self.num_kv_heads}")
-    dense = lambda heads, name: nn.DenseGeneral(
-        (heads, self.head_dim), use_bias=self.use_bias, dtype=self.dtype,
-        kernel_init=self.kernel_init, name=name)
-    q_BxTxNxH = dense(self.num_heads, "query")(x_BxTxD)
-    k_BxTxKxH = dense(self.num_kv_heads, "key")(x_BxTxD)
-    v_BxTxKxH = dense(self.num_kv_heads, "value")(x_BxTxD)
+    D = x_BxTxD.shape[-1]
+    dense = lambda heads, axis, name: Projection(
+        "btd,dnh->btnh", (D, heads, self.head_dim), ("embed", axis, "head_dim"),
+        self.kernel_init, self.use_bias, self.dtype, name=name)
+    q_BxTxNxH = dense(self.num_heads, "heads", "query")(x_BxTxD)
+    k_BxTxKxH = dense(self.num_kv_heads, "kv_heads", "key")(x_BxTxD)
+    v_BxTxKxH = dense(self.num_kv_heads, "kv_heads", "value")(x_BxTxD)
     if self.position == "rope":
       q_BxTxNxH = rope(q_BxTxNxH, positions_BxT, self.rope_base)
       k_BxTxKxH = rope(k_BxTxKxH, positions_BxT, self.rope_base)
@@ -91,9 +116,9 @@ class Attention(nn.Module):
       out_BxTxNxH = jax.nn.dot_product_attention(
           q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, bias=bias, is_causal=True,
           key_value_seq_lengths=kv_lengths_B, implementation=impl)
-    return nn.DenseGeneral(x_BxTxD.shape[-1], axis=(-2, -1), use_bias=self.use_bias,
-                           dtype=self.dtype, kernel_init=self.out_init,
-                           name="out")(out_BxTxNxH)
+    return Projection("btnh,nhd->btd", (self.num_heads, self.head_dim, D),
+                      ("heads", "head_dim", "embed"), self.out_init, self.use_bias, self.dtype,
+                      name="out")(out_BxTxNxH)
 
   def _attend_cached(self, q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, positions_BxT):
     """Writes this call's keys and values at `index` and attends over the cache."""

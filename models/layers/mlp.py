@@ -11,6 +11,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from models.layers.named import named
+
 ACTIVATIONS = {
     "gelu": lambda x: jax.nn.gelu(x, approximate=True),   # GPT-2's tanh form
     "relu": jax.nn.relu,
@@ -32,9 +34,10 @@ class FeedForward(nn.Module):
   def __call__(self, x_BxTxD):
     if self.activation not in ACTIVATIONS:
       raise ValueError(f"activation {self.activation!r} unknown; use one of {sorted(ACTIVATIONS)}")
-    dense = lambda n, init, name: nn.Dense(n, use_bias=self.use_bias, dtype=self.dtype,
-                                           kernel_init=init, name=name)
-    h_BxTxF = ACTIVATIONS[self.activation](dense(self.hidden, self.kernel_init, "wi")(x_BxTxD))
+    dense = lambda n, init, names, name: nn.Dense(
+        n, use_bias=self.use_bias, dtype=self.dtype, kernel_init=named(init, *names), name=name)
+    up = ("embed", "mlp")
+    h_BxTxF = ACTIVATIONS[self.activation](dense(self.hidden, self.kernel_init, up, "wi")(x_BxTxD))
     if self.activation in GATED:
-      h_BxTxF = h_BxTxF * dense(self.hidden, self.kernel_init, "wg")(x_BxTxD)
-    return dense(x_BxTxD.shape[-1], self.out_init, "wo")(h_BxTxF)
+      h_BxTxF = h_BxTxF * dense(self.hidden, self.kernel_init, up, "wg")(x_BxTxD)
+    return dense(x_BxTxD.shape[-1], self.out_init, ("mlp", "embed"), "wo")(h_BxTxF)

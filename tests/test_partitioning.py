@@ -1,0 +1,69 @@
+"""Sharding on 8 fake CPU devices: data parallel, FSDP, tensor parallel and their mixes
+give one device's losses; FSDP holds about 1/8 of the state per device."""
+
+import jax
+import numpy as np
+import pytest
+
+from configs import base, gpt2_124m
+from tests.test_train_lib import run_steps, tiny_config
+from train_lib import loop, partitioning
+from train_lib.errors import UserError
+
+MESHES = {"data": dict(data=8), "fsdp": dict(data=1, fsdp=8), "tensor": dict(data=1, tensor=8),
+          "data x tensor": dict(data=2, tensor=4), "data x fsdp x tensor": dict(data=2, fsdp=2,
+                                                                               tensor=2)}
+
+
+def tiny_transformer(tfds_dir, **mesh):
+  config = gpt2_124m.get_config("runlocal,synthetic")
+  config.data.tfds_dir = tfds_dir
+  config.model.num_heads = 8         # head_dim 8: heads divide the tensor axis
+  config.model.loss_chunk = 0
+  config.optim.grad_accum_steps = 1
+  config.mesh.update(data=1, fsdp=1, tensor=1)
+  config.mesh.update(mesh)
+  return config
+
+
+@pytest.fixture(scope="module")
+def one_device_losses(tfds_dir):
+  losses, _ = run_steps(tiny_transformer(tfds_dir), 4, devices=jax.devices()[:1])
+  return losses
+
+
+@pytest.mark.parametrize("name", list(MESHES))
+def test_transformer_sharded_matches_one_device(tfds_dir, one_device_losses, name):
+  config = tiny_transformer(tfds_dir, **MESHES[name])
+  losses, state = run_steps(config, 4)
+  np.testing.assert_allclose(losses, one_device_losses, rtol=1e-5)
+  wi = state.params["layer_0"]["mlp"]["wi"]["kernel"]      # ("embed", "mlp")
+  spec = tuple(wi.sharding.spec) + (None,) * 2
+  assert spec[0] == ("fsdp" if MESHES[name].get("fsdp", 1) > 1 else None)
+  assert spec[1] == ("tensor" if MESHES[name].get("tensor", 1) > 1 else None)
+
+
+def test_fsdp_holds_an_eighth_of_the_state_per_device(tfds_dir):
+  s = loop.setup(tiny_transformer(tfds_dir, data=1, fsdp=8))
+  per_device = partitioning.bytes_per_device(s.abstract_state, s.state_sharding)
+  total = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(s.abstract_state))
+  assert total / 8 <= per_device < 1.05 * total / 8   # only norms and scalars replicate
+  table = partitioning.describe(s.abstract_state, s.state_sharding)
+  assert "opt_state" in table and "'fsdp'" in table and "per device" in table
+
+
+def test_image_model_fsdp_matches_data_parallel(tfds_dir):
+  dp, _ = run_steps(tiny_config(tfds_dir, data=8), 4)
+  fsdp, state = run_steps(tiny_config(tfds_dir, data=1, fsdp=8), 4)
+  np.testing.assert_allclose(fsdp, dp, rtol=1e-5)
+  kernel = state.params["Dense_0"]["kernel"]                # 64 inputs over 8 devices
+  assert kernel.sharding.shard_shape(kernel.shape) == (8, 32)
+
+
+def test_indivisible_dimensions_replicate_and_bad_rules_are_refused():
+  mesh = jax.make_mesh((1, 8, 1), partitioning.AXES)
+  rules = partitioning.check_rules(base.get_config().mesh.rules, mesh)
+  assert tuple(partitioning.spec_for(("embed", "mlp"), (12, 16), rules, mesh)) == (None, None)
+  assert tuple(partitioning.spec_for(("embed", "mlp"), (16, 16), rules, mesh)) == ("fsdp", None)
+  with pytest.raises(UserError, match="unknown mesh axes"):
+    partitioning.check_rules((("embed", "model"),), mesh)
