@@ -96,8 +96,8 @@ def get_config():
   config.train.compilation_cache = "~/.cache/whetstone/jax"  # persistent XLA cache; "" = off
   config.train.peak_tflops = 0.0       # per chip, for mfu; 0 = the datasheet bf16 peak if known
   config.train.restore_step = -1       # -1 = newest; N = roll back to N (newer steps move aside)
-  config.train.skip_nonfinite_steps = 0  # skip up to N non-finite steps, then stop; 0 = stop at once
-  config.train.allow_dtype_cast = False  # restore a checkpoint whose dtypes differ (casts are logged)
+  config.train.skip_nonfinite_steps = 0  # skip up to N non-finite updates, then stop (exit 3)
+  config.train.allow_dtype_cast = False  # restore despite dtype differences; casts are logged
 
   config.eval = ml_collections.ConfigDict()
   config.eval.step = -1                # --mode=eval and sample: -1 = newest checkpoint

@@ -28,7 +28,7 @@ import pytest
 import input_pipeline
 import train_lib
 from configs import base, digits_mlp
-from helpers import REPO, last_json, read_metrics, run_main
+from helpers import REPO, last_json, main_env, read_metrics, run_main
 from input_pipeline import builders
 from train_lib import checkpointing, guards, loop
 from train_lib.errors import Diverged, UserError
@@ -42,11 +42,6 @@ def args(workdir, tfds_dir, *extra, steps=STEPS):
           f"--config.data.tfds_dir={tfds_dir}", "--config.optim.schedule=constant",
           f"--config.train.num_steps={steps}", "--config.train.log_every=1",
           "--config.train.eval_every=0", "--config.train.checkpoint_every=3", *extra]
-
-
-def env(devices=1):
-  return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
-              XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
 
 
 def steps_in(workdir):
@@ -93,7 +88,7 @@ def run_and_kill(argv, when, workdir):
   """Starts main.py and SIGKILLs it when `when(lines, tmp_folders)` holds; returns
   (returncode, stderr, whether a save was in progress at the kill)."""
   proc = subprocess.Popen([sys.executable, os.path.join(REPO, "main.py"), *argv], cwd=REPO,
-                          env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          env=main_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                           text=True)
   lines = []
   reader = threading.Thread(target=lambda: [lines.append(l) for l in proc.stderr])
@@ -164,7 +159,8 @@ def failing(self, step, *a, **k):
   if step == {step}:  # from here on, no file may grow past 64 KiB: writes fail with EFBIG
     self.wait()
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (65536, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+    hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+    resource.setrlimit(resource.RLIMIT_FSIZE, (65536, hard))
   return save(self, step, *a, **k)
 checkpointing.Checkpointer.save = failing
 sys.argv = ["main.py", *{argv!r}]
@@ -177,7 +173,7 @@ def test_failed_save_stops_with_one_line_and_keeps_the_previous_checkpoint(tmp_p
   same path as a full disk); we run as root, so a read-only folder would not refuse them."""
   argv = args(str(tmp_path), tfds_dir, steps=9)
   script = FAIL_SAVE.format(repo=REPO, step=6, argv=argv, main=os.path.join(REPO, "main.py"))
-  proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env(), text=True,
+  proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=main_env(), text=True,
                         capture_output=True)
   assert proc.returncode == 2, proc.stderr[-3000:]
   errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
@@ -196,9 +192,9 @@ def fake_data():
   return types.SimpleNamespace(train_iter=it, num_train=100)
 
 
-def save_steps(workdir, steps, config=None, data=None):
+def save_steps(workdir, steps, config=None):
   ckpt = checkpointing.Checkpointer(workdir, base.get_config().train)
-  data = data or fake_data()
+  data = fake_data()
   for s in steps:                                      # the data position of step s is s
     while data.train_iter.get_state()["next_index"] < s:
       next(data.train_iter)

@@ -1,6 +1,6 @@
 """Checkpoints: train state and data-iterator position, committed together per step.
 
-    ckpt = Checkpointer(workdir, config.train)        # refuses symbolic links; drops interrupted saves
+    ckpt = Checkpointer(workdir, config.train)        # refuses links; drops unfinished saves
     step, state = ckpt.restore_newest(target, data, config)  # (None, None) in a fresh workdir
     ckpt.save(step, state, data.train_iter, config)   # asynchronous; atomic per step
     state = ckpt.restore(step, target)                # target: ShapeDtypeStructs with shardings
@@ -117,7 +117,7 @@ class Checkpointer:
       raise UserError(f"no checkpoint in {workdir}: {self.directory} does not exist; "
                       "train first or point --workdir at a run")
     refuse_links(self.directory)
-    for tmp in sorted(glob.glob(os.path.join(self.directory, f"*{TMP_MARK}*"))):
+    for tmp in self._unfinished():
       writers.console(f"{'ignoring' if read_only else 'removing'} incomplete checkpoint {tmp} "
                       "(a save that did not finish)")
       if not read_only and jax.process_index() == 0:
@@ -132,6 +132,9 @@ class Checkpointer:
         self.directory, options=options,
         item_handlers={"state": ocp.StandardCheckpointHandler(),
                        "data": grain.checkpoint.CheckpointHandler()})
+
+  def _unfinished(self):
+    return sorted(glob.glob(os.path.join(self.directory, f"*{TMP_MARK}*")))
 
   def all_steps(self):
     return sorted(self.manager.all_steps())
@@ -158,7 +161,7 @@ class Checkpointer:
     try:
       yield
     except Exception as e:  # orbax and tensorstore raise many types; all mean the save failed
-      removed = [p for p in glob.glob(os.path.join(self.directory, f"*{TMP_MARK}*"))]
+      removed = self._unfinished()
       for path in removed:
         shutil.rmtree(path, ignore_errors=True)
       self.manager.reload()
@@ -218,7 +221,8 @@ class Checkpointer:
       problems.append("dtype differs: " + ", ".join(f"{p} {a} -> {b}" for p, a, b in casts) +
                       " (--config.train.allow_dtype_cast=True casts them)")
     if problems:
-      changed = changed_keys(saved.get("config", {}), config_dict(config), STATE_KEYS)
+      changed = config is not None and changed_keys(saved.get("config", {}), config_dict(config),
+                                                    STATE_KEYS)
       raise UserError(f"checkpoint step {step} in {self.directory} does not fit the model: " +
                       "; ".join(problems) + (f"; config keys changed since it was saved: "
                                              f"{', '.join(changed)}" if changed else ""))
@@ -252,6 +256,7 @@ class Checkpointer:
     if name != own:
       writers.console(f"data position of step {step} carried over from {name} to {own}")
     data.train_iter.set_state({**position, "next_index": index})
+    getattr(data.train_iter, "start_prefetch", lambda: None)()
 
   def _log_reshard(self, step, saved, target):
     now = layout(target)
@@ -303,6 +308,9 @@ class Checkpointer:
     if jax.process_index() == 0:
       os.makedirs(os.path.dirname(dest), exist_ok=True)
       shutil.move(os.path.join(self.directory, str(step)), dest)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices(f"moved step {step} aside")
     self.manager.reload()
     return dest
 
