@@ -65,9 +65,20 @@ def _explain(e: Exception, argv) -> str:
   return text or type(e).__name__
 
 
+def _check_typed(config, prefix="config."):
+  """A field set to None has no type, so any override of it would pass unchecked."""
+  for key, value in config.items():
+    if hasattr(value, "get_type"):
+      _check_typed(value, f"{prefix}{key}.")
+    elif value is None and config.get_type(key) is type(None):
+      fail(f"{prefix}{key} is None, which has no type; give it a default value or declare it "
+           f"with ml_collections.config_dict.placeholder(TYPE)")
+
+
 def main(argv):
   if len(argv) > 1:
     fail(f"unexpected arguments {argv[1:]}; every option is a --flag")
+  _check_typed(_CONFIG.value)
   import train_lib
   logging.set_verbosity(logging.ERROR)
   try:

@@ -64,6 +64,7 @@ def get_config():
   config.data.holdout_fraction = 0.1   # tail of each file held out for validation
   config.data.vocab_size = 256         # synthetic_tokens only; text is bytes (256)
   config.data.eval_limit = 0           # evaluate at most this many windows; 0 = all
+  config.data.restart_epoch_on_resume = False  # resume with another batch_size: restart the epoch
 
   config.task = ml_collections.ConfigDict()
   config.task.name = "classification"
@@ -94,6 +95,9 @@ def get_config():
   config.train.async_checkpoints = True
   config.train.compilation_cache = "~/.cache/whetstone/jax"  # persistent XLA cache; "" = off
   config.train.peak_tflops = 0.0       # per chip, for mfu; 0 = the datasheet bf16 peak if known
+  config.train.restore_step = -1       # -1 = newest; N = roll back to N (newer steps move aside)
+  config.train.skip_nonfinite_steps = 0  # skip up to N non-finite updates, then stop (exit 3)
+  config.train.allow_dtype_cast = False  # restore despite dtype differences; casts are logged
 
   config.eval = ml_collections.ConfigDict()
   config.eval.step = -1                # --mode=eval and sample: -1 = newest checkpoint

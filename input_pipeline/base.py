@@ -30,11 +30,44 @@ def prepare(builder):
   if jax.process_index() == 0:
     import tensorflow_datasets as tfds
     tfds.disable_progress_bar()
-    builder.download_and_prepare()
+    try:
+      builder.download_and_prepare()
+    except AssertionError as e:  # TFDS asserts that every split yields examples
+      raise DataError(f"{builder.name}: {e}") from None
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices(f"prepared {builder.name}")
   return builder.as_data_source()
+
+
+def open_split(splits, split: str, name: str):
+  """splits[split], once it is known to exist, to have every ArrayRecord shard present and
+  readable, and to be non-empty; otherwise a one-line DataError that names the file."""
+  if split not in splits:
+    raise DataError(f"dataset {name!r} has no split {split!r}; it has {sorted(splits)}")
+  source = splits[split]
+  info = getattr(source, "dataset_info", None)
+  for path in (info.splits[split].filepaths if info is not None else []):
+    check_shard(os.fspath(path), name)
+  if len(source) == 0:
+    raise DataError(f"split {split!r} of dataset {name!r} is empty")
+  return source
+
+
+def check_shard(path: str, name: str):
+  from array_record.python import array_record_module
+  fix = (f"prepare dataset {name!r} again: delete {os.path.dirname(path)} and rerun "
+         "(built-in datasets rebuild themselves) or run `tfds build`")
+  if not os.path.isfile(path):
+    raise DataError(f"ArrayRecord shard {path} is missing; {fix}")
+  reader = array_record_module.ArrayRecordReader(path)
+  ok = reader.ok()
+  try:
+    reader.close()
+  except RuntimeError:  # raised for a file without its footer
+    ok = False
+  if not ok:
+    raise DataError(f"ArrayRecord shard {path} is truncated or corrupt; {fix}")
 
 
 def local_size(global_size, nproc, name):

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 
 from input_pipeline import builders
-from input_pipeline.base import Data, DataError, epoch_positions, prepare, tfds_dir
+from input_pipeline.base import Data, DataError, epoch_positions, open_split, prepare, tfds_dir
 
 
 class SyntheticSource:
@@ -80,12 +80,8 @@ def open_source(config, seed: int = 0) -> Source:
                       f"`tfds build {name} --file_format=array_record --data_dir={data_dir}` "
                       "on a machine with internet access and copy the folder here")
     splits = builder.as_data_source()
-  for split in (config.train_split, config.eval_split):
-    if split not in splits:
-      raise DataError(f"dataset {name!r} has no split {split!r}; it has {sorted(splits)}")
-    if len(splits[split]) == 0:
-      raise DataError(f"split {split!r} of dataset {name!r} is empty")
-  train, eval_ = splits[config.train_split], splits[config.eval_split]
+  train, eval_ = (open_split(splits, split, name)
+                  for split in (config.train_split, config.eval_split))
   example = train[0]
   info_features = getattr(getattr(train, "dataset_info", None), "features", None)
   num_classes = info_features["label"].num_classes if info_features else 10

@@ -17,7 +17,7 @@ import os
 import numpy as np
 
 from input_pipeline import builders
-from input_pipeline.base import Data, DataError, epoch_positions, prepare, tfds_dir
+from input_pipeline.base import Data, DataError, epoch_positions, open_split, prepare, tfds_dir
 
 SHAKESPEARE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpora", "shakespeare")
 
@@ -53,7 +53,7 @@ def load_corpus(config):
     raise DataError(f"cannot read corpus files: {e}") from None
   out = {}
   for split in ("train", "validation"):
-    source = splits[split]
+    source = open_split(splits, split, name)
     docs = [np.asarray(source[i]["bytes"], np.uint8) for i in range(len(source))]
     out[split] = np.concatenate(docs) if docs else np.zeros((0,), np.uint8)
   return out["train"], out["validation"]

@@ -8,11 +8,14 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def main_env(devices: int = 1) -> dict:
+  return dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
+              XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+
+
 def run_main(*args, devices: int = 1, timeout: int = 600, check: bool = True):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
   proc = subprocess.run([sys.executable, os.path.join(REPO, "main.py"), *args], cwd=REPO,
-                        env=env, capture_output=True, text=True, timeout=timeout)
+                        env=main_env(devices), capture_output=True, text=True, timeout=timeout)
   if check and proc.returncode != 0:
     raise AssertionError(f"main.py {' '.join(args)} exited {proc.returncode}:\n"
                          f"{proc.stderr[-3000:]}")

@@ -6,7 +6,6 @@ checkpoints, loop, evaluation.
 """
 
 import dataclasses
-import math
 import os
 import signal
 import threading
@@ -21,7 +20,7 @@ from absl import logging
 import input_pipeline
 import models
 from train_lib import capsule, checkpointing, optim, partitioning, state as state_lib, step
-from train_lib import plots, tasks, writers
+from train_lib import guards, plots, tasks, writers
 from train_lib.errors import Diverged, Preempted, UserError
 
 DTYPES = {"float32": "float32", "bfloat16": "bfloat16"}
@@ -117,7 +116,9 @@ def peak_flops(config) -> float:
 
 
 def prepare_workdir(workdir: str) -> str:
-  workdir = os.path.abspath(os.path.expanduser(workdir))
+  given, workdir = workdir, os.path.abspath(os.path.expanduser(workdir))
+  if workdir != given:
+    writers.console(f"workdir {given} is {workdir}")
   try:
     os.makedirs(workdir, exist_ok=True)
     probe = os.path.join(workdir, f".write_test_{os.getpid()}")
@@ -144,6 +145,11 @@ def _evaluate(s: Setup, eval_step, state) -> dict:
 
 def train(config, workdir: str) -> dict:
   workdir = prepare_workdir(workdir)
+  with checkpointing.lock_workdir(workdir):
+    return _train(config, workdir)
+
+
+def _train(config, workdir: str) -> dict:
   s = setup(config)
   capsule.write(workdir, config)
   tc = config.train
@@ -153,10 +159,9 @@ def train(config, workdir: str) -> dict:
   ckpt = checkpointing.Checkpointer(workdir, tc)
   writer = writers.Writer(workdir)
   try:
-    latest = ckpt.latest_step()
+    target = checkpointing.sharded_target(s.abstract_state, s.state_sharding)
+    latest, state = ckpt.restore_newest(target, s.data, config)
     if latest is not None:
-      target = checkpointing.sharded_target(s.abstract_state, s.state_sharding)
-      state = ckpt.restore(latest, target, s.data.train_iter)
       logging.info("resumed from step %d in %s", latest, ckpt.directory)
       writers.console(f"resumed from checkpoint at step {latest}")
     else:
@@ -175,6 +180,9 @@ def train(config, workdir: str) -> dict:
       result = {"step": start, "split": config.data.eval_split,
                 **_evaluate(s, eval_step, state)}
     ckpt.close()
+  except Diverged:
+    ckpt.wait()  # the last good checkpoint commits before the run stops
+    raise
   finally:
     writer.close()
   if jax.process_index() == 0:
@@ -215,28 +223,32 @@ def _train_steps(config, s, state, ckpt, writer, eval_step, batch_sharding, star
                                        batch_sharding, s.rules)
   batch = s.data.next_train()
   t0 = time.perf_counter()
+  if tc.skip_nonfinite_steps:
+    train_step = guards.skipping(train_step, s.state_sharding, batch_sharding)
   train_step = train_step.lower(state, batch).compile()
   compile_s = time.perf_counter() - t0
   writers.console(f"compiled train step in {compile_s:.1f}s")
+  guard = guards.Guard(tc.skip_nonfinite_steps, ckpt.directory)
   writer.write(start, "train", {"compile_seconds": compile_s})
 
-  pending, result, last_saved = [], None, ckpt.latest_step()
+  pending, screened, result, last_saved = [], [], None, ckpt.latest_step()
   flops, peak = flops_per_item(s, state.params), peak_flops(config)
   t_log, steps_since_log = time.perf_counter(), 0
   for i in range(start, tc.num_steps):
     if i > start:
       batch = s.data.next_train()
     state, metrics = train_step(state, batch)
-    pending.append(metrics)
     steps_since_log += 1
     current = i + 1
+    pending.append((current, metrics))
     last = current == tc.num_steps
     if current % tc.log_every == 0 or last:
-      means = {k: float(np.mean([m[k] for m in jax.device_get(pending)])) for k in pending[0]}
-      pending = []
-      if not math.isfinite(means["loss"]):
-        raise Diverged(f"non-finite loss at step {current}; last good checkpoint: "
-                       f"{last_saved if last_saved is not None else 'none'}")
+      screened, pending = screened + guard.screen(pending, last_saved), []
+    if (current % tc.log_every == 0 or last) and screened:
+      means = {k: float(np.mean([m[k] for m in screened])) for k in screened[0]}
+      screened = []
+      if guard.skipped:
+        means["skipped_steps"] = len(guard.skipped)
       elapsed = time.perf_counter() - t_log
       sps = steps_since_log / elapsed
       items = sps * s.task.items_per_batch(config.data.batch_size)
@@ -260,7 +272,9 @@ def _train_steps(config, s, state, ckpt, writer, eval_step, batch_sharding, star
       result = {"step": current, "split": config.data.eval_split, **metrics}
       t_log = time.perf_counter()  # eval time does not count against training speed
     if (tc.checkpoint_every and current % tc.checkpoint_every == 0) or last or stop.signum:
-      ckpt.save(current, state, s.data.train_iter)
+      screened, pending = screened + guard.screen(pending, last_saved), []
+      guard.check_state(state, current, last_saved)
+      ckpt.save(current, state, s.data.train_iter, config)
       last_saved = current
     if stop.signum and not last:
       ckpt.wait()
@@ -279,7 +293,7 @@ def evaluate(config, workdir: str) -> dict:
   eval_step = step.compile_eval_step(s.model, s.task, s.state_sharding, batch_sharding,
                                        s.rules)
   target = checkpointing.sharded_target(s.abstract_state, s.state_sharding)
-  state = ckpt.restore(wanted, target)
+  state = ckpt.restore(wanted, target, config=config)
   ckpt.close()
   result = {"step": wanted, "split": config.data.eval_split, "mode": "eval",
             **_evaluate(s, eval_step, state)}

@@ -66,7 +66,7 @@ def generate_from_workdir(config, workdir: str) -> dict:
     raise UserError(f"prompt ({len(prompt)} tokens) + sample.max_new_tokens="
                     f"{sc.max_new_tokens} exceeds model.max_len={s.model.max_len}")
   target = checkpointing.sharded_target(s.abstract_state, s.state_sharding)
-  state = ckpt.restore(wanted, target)
+  state = ckpt.restore(wanted, target, config=config)
   ckpt.close()
   prompt_BxP = jnp.asarray(np.tile(prompt[None], (sc.num_samples, 1)))
   tokens = generate(s.model, state.params, prompt_BxP, jax.random.PRNGKey(sc.seed),
