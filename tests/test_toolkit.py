@@ -16,12 +16,34 @@ def train_losses(workdir):
           if r["split"] == "train" and "loss" in r]
 
 
+TYPO_CONFIG = """
+from configs import digits_mlp
+
+
+def get_config(arg=None):
+  config = digits_mlp.get_config(arg)
+  config.optim.lerning_rate = 0.5   # a typo: nothing reads it
+  return config
+"""
+
+
+def unread_warnings(stderr):
+  return [l for l in stderr.splitlines() if "is set but nothing" in l]
+
+
 def test_replay_from_config_json_gives_the_same_numbers(tmp_path, tfds_dir):
+  """Also: a field that no code reads (a typo in a config file) is reported at start-up,
+  once, and the shipped config's own mode-specific fields are not."""
   first, again = str(tmp_path / "first"), str(tmp_path / "again")
-  proc = run_main("--config=configs/digits_mlp.py:runlocal", f"--workdir={first}",
+  (tmp_path / "typo.py").write_text(TYPO_CONFIG)
+  proc = run_main(f"--config={tmp_path}/typo.py:runlocal", f"--workdir={first}",
                   f"--config.data.tfds_dir={tfds_dir}", "--config.train.num_steps=12",
                   "--config.train.log_every=3", "--config.seed=3")
+  warnings = unread_warnings(proc.stderr)
+  assert len(warnings) == 1 and "optim.lerning_rate=0.5" in warnings[0], proc.stderr
+  assert proc.stderr.index(warnings[0]) < proc.stderr.index("step 3/12")  # at start-up
   replay = run_main(f"--config={first}/config.json", f"--workdir={again}")
+  assert unread_warnings(replay.stderr) == warnings
   assert last_json(replay.stdout) == last_json(proc.stdout)
   assert len(train_losses(again)) == 4 and train_losses(again) == train_losses(first)
   assert json.load(open(f"{again}/config.json")) == json.load(open(f"{first}/config.json"))
@@ -59,3 +81,30 @@ def test_capsule_caps_the_diff_with_a_note(monkeypatch):
   out = capsule._diff()
   assert out["git_diff"] == "x" * 10 and "25" in out["git_diff_note"]
   assert out["git_untracked"] == ["new.py"]
+
+
+def test_unread_fields_are_those_set_and_never_read(capsys):
+  from configs import shakespeare_char
+  from train_lib import config_reads
+  config = shakespeare_char.get_config()
+  config.optim.momentum = 0.5     # set, but adamw never reads it
+  config.train.lgo_every = 10     # a typo
+  config.lock()
+  tracked = config_reads.track(config)
+  tracked.to_json_best_effort()   # serializing the whole config reads no field
+  str(tracked)
+  assert tracked.optim.learning_rate == 1e-3 and dict(tracked.model.items())
+  tracked.get("seed")
+  assert config_reads.track(tracked) is tracked
+  unread = dict(config_reads.unread(tracked, "train"))
+  assert unread["optim.momentum"] == 0.5 and unread["train.lgo_every"] == 10
+  assert "optim.learning_rate" not in unread and "seed" not in unread
+  assert not any(k.startswith("model.") for k in unread)      # items() reads every field
+  assert "optim.nesterov" not in unread                        # a default: not set by anyone
+  assert "sample.max_new_tokens" not in unread                 # train leaves sample.* unread
+  assert "sample.max_new_tokens" in dict(config_reads.unread(tracked, "ablate"))
+  assert config_reads.report(tracked, "train") and config_reads.report(tracked, "train") == []
+  err = capsys.readouterr().err
+  assert err.count("warning: config field train.lgo_every=10 is set but nothing") == 1
+  assert config_reads.unread(config, "train") == []  # an untracked config reports nothing
+  assert type(config).__name__ == "ConfigDict" and config.is_locked

@@ -20,7 +20,7 @@ from absl import logging
 import input_pipeline
 import models
 from train_lib import capsule, checkpointing, optim, partitioning, state as state_lib, step
-from train_lib import plots, tasks, writers
+from train_lib import config_reads, plots, tasks, writers
 from train_lib.errors import Diverged, Preempted, UserError
 
 DTYPES = {"float32": "float32", "bfloat16": "bfloat16"}
@@ -264,6 +264,8 @@ def _train_steps(config, s, state, ckpt, writer, eval_step, batch_sharding, star
       writers.console(f"{name}: saved checkpoint at step {current} in {ckpt.directory}")
       raise Preempted(f"preempted by {name} at step {current}, checkpoint saved; "
                       "rerun the same command to continue")
+    if i == start:  # every field a training run reads has been read by now
+      config_reads.report(config, "train")
   return result
 
 
