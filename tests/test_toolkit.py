@@ -108,3 +108,70 @@ def test_unread_fields_are_those_set_and_never_read(capsys):
   assert err.count("warning: config field train.lgo_every=10 is set but nothing") == 1
   assert config_reads.unread(config, "train") == []  # an untracked config reports nothing
   assert type(config).__name__ == "ConfigDict" and config.is_locked
+
+
+def curve(values, every=10):
+  return [(every * (i + 1), float(v)) for i, v in enumerate(values)]
+
+
+def healthy(n=30, start=2.3, floor=0.2, noise=0.01):
+  import numpy as np
+  rng = np.random.default_rng(0)
+  return [floor + (start - floor) * np.exp(-i / 6) + noise * rng.normal() for i in range(n)]
+
+
+@pytest.mark.parametrize("kind, train, evals", [
+    ("non_finite", [2.3, 1.9, float("nan")], []),
+    ("divergence", [2.3, 1.2, 0.6, 0.5, 1.6, 1.9], []),
+    ("divergence", [2.3, 1e9, 1e12], []),
+    ("plateau", [2.31, 2.30, 2.31, 2.29, 2.30], []),
+    ("oscillation", [2.3, 1.5, 1.0, 1.4, 0.8, 1.3, 0.7, 1.3, 0.8, 1.2, 0.7], []),
+    ("spikes", healthy()[:15] + [1.5] + healthy()[16:], []),
+    ("widening_gap", [2.0, 1.5, 1.0, 0.7, 0.5, 0.35, 0.25, 0.18, 0.12, 0.08],
+     [1.6, 1.15, 0.95, 0.9, 0.92, 0.97]),
+])
+def test_diagnose_finds_each_pattern(kind, train, evals):
+  from train_lib import diagnosis
+  found = diagnosis.diagnose(curve(train), curve(evals, every=20)[:len(evals)],
+                             num_steps=10 * len(train), initial_loss=2.303)
+  assert [f["kind"] for f in found] == [kind], found
+  line = diagnosis.line(found[0])
+  assert "\n" not in line and "Likely:" in line and "Try:" in line
+
+
+def test_diagnose_stays_quiet_on_a_healthy_run():
+  from train_lib import diagnosis
+  train = healthy()
+  evals = [v + 0.05 for v in train[1::2]]   # held-out a little above train, falling with it
+  assert diagnosis.diagnose(curve(train), curve(evals, every=20), 300, 2.303) == []
+  # During training, a flat start is not called a plateau before a quarter of the steps.
+  assert diagnosis.diagnose(curve([2.3] * 5), [], 1000, 2.303, final=False) == []
+  assert diagnosis.diagnose(curve([2.3] * 5), [], 1000, 2.303, final=True)
+
+
+def test_a_run_that_cannot_learn_and_one_that_blows_up_are_diagnosed(tmp_path, tfds_dir,
+                                                                     capsys):
+  import train_lib
+  from configs import digits_mlp
+  config = digits_mlp.get_config("runlocal")
+  config.data.tfds_dir = tfds_dir
+  config.optim.learning_rate = 0.0
+  config.optim.warmup_steps = 0
+  config.train.num_steps, config.train.log_every, config.train.eval_every = 24, 3, 12
+  train_lib.run("train", config, str(tmp_path / "zero"))
+  err = capsys.readouterr().err
+  plateau = [l for l in err.splitlines() if l.startswith("diagnosis: plateau")]
+  assert len(plateau) == 1 and "learning rate" in plateau[0], err
+  assert err.index(plateau[0]) < err.index("step 24/24")     # found during the run
+  saved = json.load(open(tmp_path / "zero" / "diagnosis.json"))
+  assert [f["kind"] for f in saved["findings"]] == ["plateau"]
+  assert os.path.exists(tmp_path / "zero" / "plots" / "loss.png")
+  records = [r for r in read_metrics(str(tmp_path / "zero")) if "grad_rms" in r]
+  assert records and all(r["update_rms"] == 0.0 and r["grad_rms/Dense_0"] > 0 for r in records)
+
+  config.optim.name, config.optim.learning_rate = "sgd", 1e6
+  with pytest.raises(train_lib.Diverged):
+    train_lib.run("train", config, str(tmp_path / "nan"))
+  assert "diagnosis: non_finite at step 3" in capsys.readouterr().err
+  saved = json.load(open(tmp_path / "nan" / "diagnosis.json"))
+  assert [f["kind"] for f in saved["findings"]] == ["non_finite"]

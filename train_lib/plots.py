@@ -3,10 +3,11 @@
     plots.loss_curves(workdir)   # -> workdir/plots/loss.png (train and eval loss by step)
 """
 
-import json
 import os
 
 from absl import logging
+
+from train_lib import writers
 
 
 def loss_curves(workdir: str, title: str = "") -> str:
@@ -17,14 +18,7 @@ def loss_curves(workdir: str, title: str = "") -> str:
   except ImportError:
     logging.warning("matplotlib is not installed; no plot drawn")
     return ""
-  records = []
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    for line in f:
-      records.append(json.loads(line))
-  series = {}
-  for r in records:
-    if "loss" in r and r.get("mode") != "eval":
-      series.setdefault(r["split"], {})[r["step"]] = r["loss"]  # reruns: the last value wins
+  series = writers.read_curves(workdir, "loss")
   if not series:
     return ""
   fig, ax = plt.subplots(figsize=(7, 4.5))
