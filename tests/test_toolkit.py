@@ -1,6 +1,8 @@
 """The researcher's toolkit: replay from config.json, the capsule, step instruments,
-diagnosis of loss curves, unread config fields, and --mode=ablate."""
+diagnosis of loss curves, unread config fields, and --mode=ablate (the shipped ablation
+runs end to end in its runlocal form)."""
 
+import glob
 import importlib
 import json
 import os
@@ -175,3 +177,126 @@ def test_a_run_that_cannot_learn_and_one_that_blows_up_are_diagnosed(tmp_path, t
   assert "diagnosis: non_finite at step 3" in capsys.readouterr().err
   saved = json.load(open(tmp_path / "nan" / "diagnosis.json"))
   assert [f["kind"] for f in saved["findings"]] == ["non_finite"]
+
+
+def digits_ablation(**changes):
+  """A small ablation on the digits MLP: two seeds, 20 steps, checked at step 10."""
+  import ml_collections
+  abl = ml_collections.ConfigDict()
+  abl.baseline = ml_collections.ConfigDict()
+  abl.baseline.config = "configs/digits_mlp.py:runlocal"
+  abl.baseline.overrides = (("train.num_steps", 40), ("train.log_every", 5),
+                            ("train.eval_every", 10), ("train.checkpoint_every", 0))
+  abl.variants = (("no_learning", "optim.learning_rate", 0.0),
+                  ("weight_decay", "optim.weight_decay", 1e-4))
+  abl.seeds = (0, 1)
+  abl.proxy = 0.5
+  abl.metric = "loss"
+  abl.higher_is_better = False
+  abl.early_stop = ml_collections.ConfigDict()
+  abl.early_stop.at = 0.5
+  abl.early_stop.sigmas = 2.0
+  abl.early_stop.tolerance = 0.05
+  abl.update(changes)
+  return abl
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"variants": (("typo", "optim.lerning_rate", 0.1),)},
+     "variant 'typo': no config field optim.lerning_rate; did you mean 'learning_rate'?"),
+    ({"variants": (("same", "optim.learning_rate", 1e-3),)}, "the baseline's value"),
+    ({"variants": (("bad_type", "train.num_steps", "many"),)}, "train.num_steps='many'"),
+    ({"variants": (("a", "seed", 1), ("a", "seed", 2))}, "unique"),
+    ({"proxy": 0.0}, "proxy=0.0"),
+    ({"seeds": ()}, "seeds is empty"),
+    ({"baseline": {"config": "configs/nothing.py", "overrides": ()}}, "configs/nothing.py"),
+])
+def test_ablation_config_errors_name_the_problem(tfds_dir, change, message):
+  from train_lib import ablate
+  from train_lib.errors import UserError
+  with pytest.raises(UserError, match=message.replace("(", r"\(").replace("?", r"\?")):
+    ablate.Plan(digits_ablation(**change))
+
+
+def test_ablation_plan_scales_the_baseline_and_finds_the_check_step(tfds_dir):
+  from train_lib import ablate
+  from train_lib.errors import UserError
+  plan = ablate.Plan(digits_ablation())
+  base = plan.configs["baseline"]
+  assert plan.steps == base.train.num_steps == 20 and base.optim.warmup_steps == 2  # half
+  assert plan.check_step == 10 and plan.split == "test"
+  assert plan.configs["weight_decay"].optim.weight_decay == 1e-4
+  assert plan.changes["weight_decay"] == ("optim.weight_decay", 1e-4)
+  assert plan.band_limit([1.0, 1.0]) == pytest.approx(1.05)     # tolerance x mean
+  assert plan.band_limit([1.0, 1.2]) == pytest.approx(1.1 + 2 * 0.2 / 2**0.5)
+  with pytest.raises(UserError, match="last step"):
+    ablate.Plan(digits_ablation(early_stop={"at": 0.6, "sigmas": 2.0, "tolerance": 0.0}))
+
+
+def test_ablation_stops_a_worse_variant_and_rerun_skips_finished_runs(tmp_path, tfds_dir,
+                                                                       capfd):
+  import train_lib
+  abl = digits_ablation()
+  abl.baseline.overrides += (("data.tfds_dir", tfds_dir),)
+  summary = train_lib.run("ablate", abl, str(tmp_path))
+  rows = {r["variant"]: r for r in summary["rows"]}
+  assert list(rows) == ["baseline", "no_learning", "weight_decay"]
+  assert rows["no_learning"]["stopped"] and not rows["weight_decay"]["stopped"]
+  saved = json.load(open(tmp_path / "ablation.json"))
+  runs = saved["runs"]
+  assert [r["seed"] for r in runs["no_learning"]] == [0]   # seed 1 skipped once stopped
+  assert runs["no_learning"][0]["step"] == 10 and runs["no_learning"][0]["status"] == "stopped"
+  assert [r["step"] for r in runs["weight_decay"]] == [20, 20]
+  base = [r["value"] for r in runs["baseline"]]
+  assert rows["baseline"]["mean"] == pytest.approx(sum(base) / 2)
+  assert rows["weight_decay"]["delta"] == pytest.approx(
+      rows["weight_decay"]["mean"] - rows["baseline"]["mean"])
+  stopped_row = next(r for r in saved["rows"] if r["variant"] == "no_learning")
+  assert stopped_row["step"] == 10 and stopped_row["delta"] > 0   # compared at the check step
+  table = open(tmp_path / "ablation.md").read()
+  assert "| no_learning | `optim.learning_rate=0.0` | 10 |" in table and "yes: loss" in table
+  assert os.path.exists(tmp_path / "plots" / "ablation.png")
+  first = capfd.readouterr().err
+  assert "compiled train step" in first and "is set but nothing" not in first
+
+  again = train_lib.run("ablate", abl, str(tmp_path))
+  assert again == summary
+  assert "compiled train step" not in capfd.readouterr().err   # every run was finished
+
+
+def test_shipped_ablation_runs_end_to_end_in_its_runlocal_form(tmp_path, tfds_dir):
+  module = importlib.import_module("configs.ablations.shakespeare_arch")
+  assert "python main.py --mode=ablate --config=configs/ablations/" in module.__doc__
+  proc = run_main("--mode=ablate", "--config=configs/ablations/shakespeare_arch.py:runlocal",
+                  f"--workdir={tmp_path}")
+  summary = last_json(proc.stdout)
+  names = ["baseline", "sinusoidal", "rope", "alibi", "no_position", "relu", "sq_relu",
+           "swiglu"]
+  assert [r["variant"] for r in summary["rows"]] == names
+  assert all(3.0 < r["mean"] < 5.6 for r in summary["rows"]), summary   # chance: ln 256 = 5.55
+  table = open(tmp_path / "ablation.md").read().splitlines()
+  assert len([l for l in table if l.startswith("| ")]) == 2 + len(names)  # header, rule
+  assert os.path.exists(tmp_path / "plots" / "ablation.png")
+  for name in names:
+    assert read_metrics(str(tmp_path / name / "seed_0"))
+  assert "is set but nothing" not in proc.stderr     # no unread field in shipped configs
+  again = run_main("--mode=ablate", "--config=configs/ablations/shakespeare_arch.py:runlocal",
+                   f"--workdir={tmp_path}")
+  assert last_json(again.stdout) == summary and "compiled train step" not in again.stderr
+
+
+@pytest.mark.parametrize("path", glob.glob(os.path.join(REPO, "configs", "ablations", "*.py")))
+def test_ablation_configs_are_configs(path):
+  """Ablation configs import only configs and ml_collections, and each variant applies."""
+  import ast
+  for node in ast.walk(ast.parse(open(path).read())):
+    if isinstance(node, (ast.Import, ast.ImportFrom)):
+      names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
+      assert all(n.split(".")[0] in ("ml_collections", "configs") for n in names), path
+  if path.endswith("__init__.py"):
+    return
+  from train_lib import ablate
+  name = os.path.basename(path)[:-3]
+  for arg in (None, "runlocal"):
+    plan = ablate.Plan(importlib.import_module(f"configs.ablations.{name}").get_config(arg))
+    assert len(plan.configs) > 1 and plan.check_step

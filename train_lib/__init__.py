@@ -34,6 +34,8 @@ def _run(mode: str, config, workdir: str) -> dict:
   if mode == "ablate":
     from train_lib import ablate
     return ablate.run(config, workdir)
+  if "variants" in config:
+    raise UserError(f"this is an ablation config; run it with --mode=ablate, not {mode}")
   enable_compilation_cache(config.train.compilation_cache)
   if mode == "train":
     return loop.train(config, workdir)

@@ -242,7 +242,8 @@ def _train_steps(config, s, state, ckpt, writer, eval_step, batch_sharding, star
     current = i + 1
     last, stop_early = current == tc.num_steps, False
     if current % tc.log_every == 0 or last:
-      means = {k: float(np.mean([m[k] for m in jax.device_get(pending)])) for k in pending[0]}
+      fetched = jax.device_get(pending)  # once: the step returns dozens of metrics
+      means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
       pending = []
       stop_early = _notify(watchers, current, "train", means)
       if not math.isfinite(means["loss"]):
