@@ -39,7 +39,7 @@ def get_config(arg=None):
   config.early_stop.sigmas = 2.0  # band: baseline mean + max(sigmas x std, tolerance x mean)
   config.early_stop.tolerance = 0.01
   if arg.runlocal:                # the CPU-sized baseline for 30 of its 60 steps, checked at 15
-    config.baseline.overrides += (("train.eval_every", 15),)
+    config.baseline.overrides += (("train.eval_every", 15), ("train.log_every", 5))
     config.seeds = (0, 1)
     config.proxy = 0.5
   return config
