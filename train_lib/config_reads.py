@@ -20,7 +20,7 @@ from train_lib import writers
 UNREAD_BY_DESIGN = {
     "train": ("sample.", "eval."),   # --mode=sample's and --mode=eval's own settings
     "eval": ("sample.", "train."),
-    "sample": ("train.",),
+    "sample": ("train.", "data.eval_split"),
     "ablate": (),
 }
 
