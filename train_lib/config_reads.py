@@ -69,8 +69,6 @@ class _TrackedConfigDict(ml_collections.ConfigDict):
   def __eq__(self, other):
     return self._whole("__eq__", other)
 
-  __hash__ = None
-
 
 def track(config):
   """A copy of `config` whose reads are recorded (an already tracked config is returned)."""
