@@ -3,6 +3,8 @@
     python main.py --config=configs/default.py --workdir=runs/default
     python main.py --config=configs/default.py:runlocal --workdir=/tmp/d --config.seed=1
     python main.py --config=configs/default.py --workdir=runs/default --mode=eval
+    python main.py --config=runs/default/config.json --workdir=runs/default_again  # replay
+    python main.py --config=configs/ablations/shakespeare_arch.py --workdir=runs/abl --mode=ablate
 
 Exit codes: 0 success, 2 bad input, 3 diverged, 75 preempted (checkpoint saved).
 """
@@ -16,10 +18,32 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Experiment config file, optionally with an argument: file.py:arg.",
-    lock_config=True)
+    "config", None, "Experiment config file, optionally with an argument: file.py:arg; "
+    "or a run's config.json to replay that run.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and logs.")
-_MODE = flags.DEFINE_string("mode", "train", "train | eval | sample | shardings")
+_MODE = flags.DEFINE_string("mode", "train", "train | eval | sample | shardings | ablate")
+
+
+class _ConfigParser(flags.ArgumentParser):
+  """A config file (file.py[:arg]) as config_flags reads it, or a run's config.json,
+  which replays that run."""
+
+  def __init__(self, file_parser):
+    self.file_parser = file_parser
+
+  def parse(self, path):
+    if not path.endswith(".json"):
+      return self.file_parser.parse(path)
+    from train_lib import capsule
+    config = capsule.read_config(path)
+    config.lock()
+    return config
+
+  def flag_type(self):
+    return self.file_parser.flag_type()
+
+
+flags.FLAGS["config"].parser = _ConfigParser(flags.FLAGS["config"].parser)
 
 
 def fail(message: str, code: int = 2):

@@ -21,11 +21,13 @@ def get_config(arg=None):
   config.task.name = "lm"
   config.data.name = "synthetic_tokens" if arg.synthetic else "shakespeare"
   config.data.eval_split = "validation"
-  config.data.vocab_size = 50304
   config.data.seq_len = 1024
   config.data.batch_size = 480
   config.data.eval_batch_size = 64
-  config.data.eval_limit = 512
+  if arg.synthetic:   # token ids drawn below the model's vocabulary; text is bytes
+    config.data.vocab_size = 50304
+  else:               # synthetic tokens evaluate one batch; text evaluates up to the limit
+    config.data.eval_limit = 512
 
   config.model = base.transformer_model()
   config.model.vocab_size = 50304
@@ -57,11 +59,13 @@ def get_config(arg=None):
   config.train.checkpoint_every = 1000
   if arg.runlocal:
     config.dtype = "float32"
-    config.data.vocab_size = 512
+    if arg.synthetic:
+      config.data.vocab_size = 512
+    else:
+      config.data.eval_limit = 8
     config.data.seq_len = 64
     config.data.batch_size = 8
     config.data.eval_batch_size = 8
-    config.data.eval_limit = 8
     config.model.vocab_size = 512
     config.model.num_layers = 2
     config.model.num_heads = 2

@@ -43,3 +43,11 @@ def test_default_config_first_steps(tfds_dir):
     assert got[key] == pytest.approx(want, rel=1e-4), (
         f"{key} drifted: {got[key]} vs golden {want}. If intended, update GOLDEN in "
         f"tests/test_golden.py with the measured values printed above (see its docstring).")
+  # The step's own instruments agree with the same statistics computed here from outside.
+  assert float(m0["param_rms"]) == pytest.approx(got["param_rms"], rel=1e-5)
+  assert float(m1["update_rms"]) == pytest.approx(got["update_rms_step1"], rel=1e-3)
+  num_params = sum(x.size for x in jax.tree.leaves(p0))
+  assert float(m1["grad_rms"]) == pytest.approx(got["grad_norm_step1"] / num_params**0.5,
+                                                rel=1e-5)
+  for module in p0:
+    assert float(m0[f"param_rms/{module}"]) == pytest.approx(rms(p0[module]), rel=1e-5)

@@ -1,14 +1,15 @@
 """Everything that turns (config, workdir) into a run.
 
     import train_lib
-    result = train_lib.run("train", config, "runs/default")   # or "eval", "sample"
+    result = train_lib.run("train", config, "runs/default")   # or "eval", "sample", "ablate"
 
-Errors a user can fix raise train_lib.UserError (exit code 2 from main.py).
+Errors a user can fix raise train_lib.UserError (exit code 2 from main.py). A config
+field that the run never reads is reported as a warning line (train_lib/config_reads.py).
 """
 
 from train_lib.errors import Diverged, Preempted, UserError  # noqa: F401
 
-MODES = ("train", "eval", "sample", "shardings")
+MODES = ("train", "eval", "sample", "shardings", "ablate")
 
 
 def enable_compilation_cache(path: str):
@@ -21,7 +22,20 @@ def enable_compilation_cache(path: str):
 
 
 def run(mode: str, config, workdir: str) -> dict:
+  from train_lib import config_reads
+  config = config_reads.track(config)
+  result = _run(mode, config, workdir)
+  config_reads.report(config, mode)  # unless reported already (train: after its first step)
+  return result
+
+
+def _run(mode: str, config, workdir: str) -> dict:
   from train_lib import loop
+  if mode == "ablate":
+    from train_lib import ablate
+    return ablate.run(config, workdir)
+  if "variants" in config:
+    raise UserError(f"this is an ablation config; run it with --mode=ablate, not {mode}")
   enable_compilation_cache(config.train.compilation_cache)
   if mode == "train":
     return loop.train(config, workdir)

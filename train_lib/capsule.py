@@ -1,6 +1,12 @@
 """The reproducibility record of a run: config.json and capsule.json in the workdir.
 
     capsule.write(workdir, config)
+    config = capsule.read_config("runs/x/config.json")   # typed like configs/base.py: a replay
+
+capsule.json holds the git commit and the uncommitted diff, the command line, package
+versions, XLA and JAX flags, the device topology and the seeds. Replaying a run is
+`python main.py --config=runs/x/config.json --workdir=runs/x_again`: on the same machine,
+with the same commit and diff, it gives the same numbers.
 """
 
 import datetime
@@ -16,6 +22,12 @@ import jax
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain",
             "tensorflow-datasets", "ml-collections", "numpy", "array-record")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DIFF_LIMIT = 1_000_000  # characters of `git diff HEAD` kept in capsule.json
+# JAX settings that can change the numbers a run computes.
+JAX_FLAGS = ("jax_enable_x64", "jax_default_matmul_precision", "jax_default_prng_impl",
+             "jax_threefry_partitionable", "jax_numpy_dtype_promotion", "jax_platforms",
+             "jax_debug_nans", "jax_disable_jit")
+ENV_PREFIXES = ("XLA_", "JAX_", "LIBTPU_", "CUDA_VISIBLE_DEVICES", "NCCL_")
 
 
 def _git(*args):
@@ -34,6 +46,43 @@ def _version(name):
     return None
 
 
+def _diff() -> dict:
+  diff = _git("diff", "HEAD")
+  status = _git("status", "--porcelain") or ""
+  out = {"git_diff": diff, "git_untracked": [line[3:] for line in status.splitlines()
+                                             if line.startswith("??")]}
+  if diff is not None and len(diff) > DIFF_LIMIT:
+    out["git_diff"] = diff[:DIFF_LIMIT]
+    out["git_diff_note"] = (f"truncated to the first {DIFF_LIMIT:,} of {len(diff):,} "
+                            "characters")
+  return out
+
+
+def _jax_flags() -> dict:
+  flags = {}
+  for name in JAX_FLAGS:
+    try:
+      flags[name] = getattr(jax.config, name)
+    except AttributeError:  # not a flag in this JAX version
+      continue
+  return {k: v if isinstance(v, (bool, int, float, str, type(None))) else str(v)
+          for k, v in flags.items()}
+
+
+def topology() -> list:
+  """One entry per device of the run: id, kind, process, and coords where the platform has them."""
+  out = []
+  for d in jax.devices():
+    entry = {"id": d.id, "kind": d.device_kind, "platform": d.platform,
+             "process_index": d.process_index}
+    for attr in ("coords", "core_on_chip", "slice_index"):
+      value = getattr(d, attr, None)
+      if value is not None:
+        entry[attr] = list(value) if isinstance(value, (tuple, list)) else value
+    out.append(entry)
+  return out
+
+
 def describe(config) -> dict:
   status = _git("status", "--porcelain")
   devices = jax.devices()
@@ -41,14 +90,20 @@ def describe(config) -> dict:
       "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
       "git_commit": _git("rev-parse", "HEAD"),
       "git_dirty": bool(status) if status is not None else None,
+      **_diff(),
       "command": sys.argv,
       "python": platform.python_version(),
       "packages": {name: _version(name) for name in PACKAGES},
       "platform": jax.default_backend(),
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "jax_flags": _jax_flags(),
+      "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith(ENV_PREFIXES)},
       "devices": {"count": jax.device_count(), "local_count": jax.local_device_count(),
-                  "kind": devices[0].device_kind, "process_count": jax.process_count()},
+                  "kind": devices[0].device_kind, "process_count": jax.process_count(),
+                  "topology": topology()},
       "host": platform.node(),
       "seed": config.seed,
+      "data_seed": config.seed,  # the input pipeline's order and augmentation derive from it
   }
 
 
@@ -60,3 +115,37 @@ def write(workdir: str, config):
   with open(os.path.join(workdir, "capsule.json"), "w") as f:
     json.dump(describe(config), f, indent=2)
     f.write("\n")
+
+
+def read_config(path: str):
+  """A run's config.json back into a ConfigDict with the types of configs/base.py.
+
+  Fields that base.py declares take its types (JSON lists become tuples where base has a
+  tuple); fields it does not declare (the model's) come back as written, lists as tuples.
+  """
+  import ml_collections
+  from configs import base
+  try:
+    with open(path) as f:
+      values = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ValueError(f"cannot read {path} as a run's config.json ({e})") from None
+  if not isinstance(values, dict):
+    raise ValueError(f"{path} holds no config object")
+  config = base.get_config()
+  _merge(config, values, ml_collections.ConfigDict)
+  return config
+
+
+def _merge(config, values: dict, config_dict):
+  for key, value in values.items():
+    if isinstance(value, dict):
+      if not isinstance(config.get(key), config_dict):
+        config[key] = config_dict()
+      _merge(config[key], value, config_dict)
+    else:
+      config[key] = _tuples(value)
+
+
+def _tuples(value):
+  return tuple(_tuples(v) for v in value) if isinstance(value, list) else value

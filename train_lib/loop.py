@@ -2,6 +2,7 @@
 checkpoints, loop, evaluation.
 
     result = loop.train(config, workdir)     # resumes from the newest checkpoint
+    result = loop.train(config, workdir, watchers=[fn])  # fn(step, split, metrics) -> stop?
     result = loop.evaluate(config, workdir)  # newest (or config.eval.step) checkpoint
 """
 
@@ -20,7 +21,7 @@ from absl import logging
 import input_pipeline
 import models
 from train_lib import capsule, checkpointing, optim, partitioning, state as state_lib, step
-from train_lib import guards, plots, tasks, writers
+from train_lib import config_reads, diagnosis, guards, plots, tasks, writers
 from train_lib.errors import Diverged, Preempted, UserError
 
 DTYPES = {"float32": "float32", "bfloat16": "bfloat16"}
@@ -143,16 +144,21 @@ def _evaluate(s: Setup, eval_step, state) -> dict:
   return {**s.task.summarize(total), "num_examples": int(total["count"])}
 
 
-def train(config, workdir: str) -> dict:
+def train(config, workdir: str, watchers=()) -> dict:
+  """Trains, evaluates and checkpoints. Each watcher sees every logged point (train and
+  eval metrics) and may stop the run there: a checkpoint is saved and the result says
+  "stopped_early". A diagnosis.Doctor always watches."""
   workdir = prepare_workdir(workdir)
   with checkpointing.lock_workdir(workdir):
-    return _train(config, workdir)
+    return _train(config, workdir, watchers)
 
 
-def _train(config, workdir: str) -> dict:
+def _train(config, workdir: str, watchers) -> dict:
   s = setup(config)
   capsule.write(workdir, config)
   tc = config.train
+  doctor = diagnosis.Doctor(workdir, tc.num_steps, config.data.eval_split,
+                            diagnosis.chance_loss(s.data, s.model))
   batch_sharding = partitioning.batch_sharding(s.mesh)
   eval_step = step.compile_eval_step(s.model, s.task, s.state_sharding, batch_sharding,
                                        s.rules)
@@ -173,7 +179,8 @@ def _train(config, workdir: str) -> dict:
     start = int(state.step)
     result = None
     if start < tc.num_steps:
-      result = _train_loop(config, s, state, ckpt, writer, eval_step, batch_sharding, start)
+      result = _train_loop(config, s, state, ckpt, writer, eval_step, batch_sharding, start,
+                           [doctor, *watchers])
     else:
       writers.console(f"already trained to step {start}; evaluating")
     if result is None:  # already trained: `state` is the newest checkpoint, restored above
@@ -185,6 +192,7 @@ def _train(config, workdir: str) -> dict:
     raise
   finally:
     writer.close()
+  doctor.finish()
   if jax.process_index() == 0:
     plots.loss_curves(workdir, f"{config.model.name} on {config.data.name}")
   return result
@@ -210,13 +218,19 @@ class StopSignals:
       signal.signal(sig, handler)
 
 
-def _train_loop(config, s, state, ckpt, writer, eval_step, batch_sharding, start):
+def _train_loop(config, s, state, ckpt, writer, eval_step, batch_sharding, start, watchers):
   with StopSignals() as stop:
     return _train_steps(config, s, state, ckpt, writer, eval_step, batch_sharding, start,
-                        stop)
+                        stop, watchers)
 
 
-def _train_steps(config, s, state, ckpt, writer, eval_step, batch_sharding, start, stop):
+def _notify(watchers, step: int, split: str, metrics: dict) -> bool:
+  """Every watcher sees the point; any of them may ask the run to stop here."""
+  return any([bool(watch(step, split, metrics)) for watch in watchers])
+
+
+def _train_steps(config, s, state, ckpt, writer, eval_step, batch_sharding, start, stop,
+                 watchers):
   tc = config.train
   train_step = step.compile_train_step(s.model, s.task, s.tx, s.schedule,
                                        config.optim.grad_accum_steps, s.state_sharding,
@@ -241,7 +255,7 @@ def _train_steps(config, s, state, ckpt, writer, eval_step, batch_sharding, star
     steps_since_log += 1
     current = i + 1
     pending.append((current, metrics))
-    last = current == tc.num_steps
+    last, stop_early = current == tc.num_steps, False
     if current % tc.log_every == 0 or last:
       screened, pending = screened + guard.screen(pending, last_saved), []
     if (current % tc.log_every == 0 or last) and screened:
@@ -249,6 +263,7 @@ def _train_steps(config, s, state, ckpt, writer, eval_step, batch_sharding, star
       screened = []
       if guard.skipped:
         means["skipped_steps"] = len(guard.skipped)
+      stop_early = _notify(watchers, current, "train", means)
       elapsed = time.perf_counter() - t_log
       sps = steps_since_log / elapsed
       items = sps * s.task.items_per_batch(config.data.batch_size)
@@ -270,8 +285,10 @@ def _train_steps(config, s, state, ckpt, writer, eval_step, batch_sharding, star
                       " ".join(f"{k} {v:.4f}" for k, v in metrics.items()
                                if isinstance(v, float)))
       result = {"step": current, "split": config.data.eval_split, **metrics}
+      stop_early = _notify(watchers, current, config.data.eval_split, metrics) or stop_early
       t_log = time.perf_counter()  # eval time does not count against training speed
-    if (tc.checkpoint_every and current % tc.checkpoint_every == 0) or last or stop.signum:
+    if ((tc.checkpoint_every and current % tc.checkpoint_every == 0) or last or stop.signum
+        or stop_early):
       screened, pending = screened + guard.screen(pending, last_saved), []
       guard.check_state(state, current, last_saved)
       ckpt.save(current, state, s.data.train_iter, config)
@@ -282,6 +299,15 @@ def _train_steps(config, s, state, ckpt, writer, eval_step, batch_sharding, star
       writers.console(f"{name}: saved checkpoint at step {current} in {ckpt.directory}")
       raise Preempted(f"preempted by {name} at step {current}, checkpoint saved; "
                       "rerun the same command to continue")
+    if i == start:  # every field a training run reads has been read by now
+      config_reads.report(config, "train")
+    if stop_early and not last:
+      ckpt.wait()
+      writers.console(f"stopped early at step {current} (asked by a watcher)")
+      if result is None or result["step"] != current:
+        result = {"step": current, "split": config.data.eval_split,
+                  **_evaluate(s, eval_step, state)}
+      return {**result, "stopped_early": True}
   return result
 
 

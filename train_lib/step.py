@@ -6,6 +6,10 @@
 
 With grad_accum_steps=k the global batch is split into k micro-batches whose
 gradients are averaged (lax.scan), so one step is always one optimizer update.
+
+Instruments computed inside the step: the RMS of gradients, parameters (before the
+update) and updates, over all parameters ("grad_rms") and per top-level submodule
+("grad_rms/Dense_0"), next to the loss in the metrics dict.
 """
 
 import functools
@@ -38,6 +42,20 @@ def _split_microbatches(batch, k: int):
   return jax.tree.map(split, batch)
 
 
+def _rms(leaves):
+  squares = sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves)
+  return jnp.sqrt(squares / max(sum(x.size for x in leaves), 1))
+
+
+def rms_instruments(name: str, tree) -> dict:
+  """{name: RMS over every leaf, name/module: RMS over each top-level submodule}."""
+  out = {name: _rms(jax.tree.leaves(tree))}
+  if hasattr(tree, "items"):
+    for module, subtree in tree.items():
+      out[f"{name}/{module}"] = _rms(jax.tree.leaves(subtree))
+  return out
+
+
 def train_step(state, batch, *, model, task, tx, schedule, accum_steps: int):
   rng = jax.random.fold_in(state.rng, state.step)
   grad_fn = jax.value_and_grad(functools.partial(_forward, model, task), has_aux=True)
@@ -64,7 +82,9 @@ def train_step(state, batch, *, model, task, tx, schedule, accum_steps: int):
   params = optax.apply_updates(state.params, updates)
   count = jnp.maximum(sums["count"], 1.0)
   metrics = {"loss": sums["loss"] / count, "accuracy": sums["correct"] / count,
-             "grad_norm": optax.tree.norm(grads), "learning_rate": schedule(state.step)}
+             "grad_norm": optax.tree.norm(grads), "learning_rate": schedule(state.step),
+             **rms_instruments("grad_rms", grads), **rms_instruments("param_rms", state.params),
+             **rms_instruments("update_rms", updates)}
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                             model_state=model_state)
   return new_state, metrics

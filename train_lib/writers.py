@@ -3,6 +3,7 @@
     writer = Writer(workdir)
     writer.write(step, "train", {"loss": 0.3, "steps_per_sec": 90.0})
     writer.close()
+    curves = read_curves(workdir, "loss")   # {"train": {step: loss}, "test": {...}}
 
 Only process 0 writes; on other processes every call is a no-op.
 """
@@ -43,6 +44,21 @@ class Writer:
 def _plain(value):
   value = float(value)
   return int(value) if value.is_integer() and abs(value) < 2**53 else value
+
+
+def read_curves(workdir: str, key: str = "loss") -> dict:
+  """{split: {step: value}} of `key` in metrics.jsonl, training runs only (not --mode=eval
+  lines); where a resumed run logged a step again, the last value wins."""
+  curves = {}
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return curves
+  with open(path) as f:
+    for line in f:
+      record = json.loads(line)
+      if key in record and record.get("mode") is None:
+        curves.setdefault(record["split"], {})[record["step"]] = record[key]
+  return curves
 
 
 def console(line: str):
