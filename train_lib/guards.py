@@ -45,6 +45,7 @@ class Guard:
 
   def __init__(self, max_skips: int, directory: str):
     self.max_skips, self.directory, self.skipped = max_skips, directory, []
+    self.last_bad = None   # (step, host metrics) of the newest non-finite step
 
   def _stop(self, what: str, step: int, last_saved):
     good = f"step {last_saved} in {self.directory}" if last_saved is not None else "none"
@@ -64,6 +65,7 @@ class Guard:
         finite.append(metrics)
         continue
       self.skipped.append(step)
+      self.last_bad = (step, metrics)
       if len(self.skipped) > self.max_skips:
         self._stop(bad, step, last_saved)
       writers.console(f"step {step}: non-finite {bad}, update skipped ({len(self.skipped)} "

@@ -229,6 +229,17 @@ def _notify(watchers, step: int, split: str, metrics: dict) -> bool:
   return any([bool(watch(step, split, metrics)) for watch in watchers])
 
 
+def _screen(guard, pending, last_saved, watchers):
+  """The guard's finite steps; a run it stops shows its non-finite step to the watchers
+  first (the diagnosis names likely causes)."""
+  try:
+    return guard.screen(pending, last_saved)
+  except Diverged:
+    step, metrics = guard.last_bad
+    _notify(watchers, step, "train", metrics)
+    raise
+
+
 def _train_steps(config, s, state, ckpt, writer, eval_step, batch_sharding, start, stop,
                  watchers):
   tc = config.train
@@ -257,7 +268,7 @@ def _train_steps(config, s, state, ckpt, writer, eval_step, batch_sharding, star
     pending.append((current, metrics))
     last, stop_early = current == tc.num_steps, False
     if current % tc.log_every == 0 or last:
-      screened, pending = screened + guard.screen(pending, last_saved), []
+      screened, pending = screened + _screen(guard, pending, last_saved, watchers), []
     if (current % tc.log_every == 0 or last) and screened:
       means = {k: float(np.mean([m[k] for m in screened])) for k in screened[0]}
       screened = []
@@ -289,7 +300,7 @@ def _train_steps(config, s, state, ckpt, writer, eval_step, batch_sharding, star
       t_log = time.perf_counter()  # eval time does not count against training speed
     if ((tc.checkpoint_every and current % tc.checkpoint_every == 0) or last or stop.signum
         or stop_early):
-      screened, pending = screened + guard.screen(pending, last_saved), []
+      screened, pending = screened + _screen(guard, pending, last_saved, watchers), []
       guard.check_state(state, current, last_saved)
       ckpt.save(current, state, s.data.train_iter, config)
       last_saved = current
