@@ -4,7 +4,8 @@
     python main.py --config=configs/default.py:runlocal --workdir=/tmp/d --config.seed=1
     python main.py --config=configs/default.py --workdir=runs/default --mode=eval
 
-Exit codes: 0 success, 2 bad input, 3 diverged, 75 preempted (checkpoint saved).
+Exit codes: 0 success, 1 a sanity check failed, 2 bad input, 3 diverged, 75 preempted
+(checkpoint saved).
 """
 
 import json
@@ -19,7 +20,7 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, optionally with an argument: file.py:arg.",
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and logs.")
-_MODE = flags.DEFINE_string("mode", "train", "train | eval")
+_MODE = flags.DEFINE_string("mode", "train", "train | eval | sample | sanity | lr_range")
 
 
 def fail(message: str, code: int = 2):
@@ -72,7 +73,8 @@ def main(argv):
   logging.set_verbosity(logging.ERROR)
   try:
     result = train_lib.run(_MODE.value, _CONFIG.value, _WORKDIR.value)
-  except (train_lib.UserError, train_lib.Diverged, train_lib.Preempted) as e:
+  except (train_lib.UserError, train_lib.Diverged, train_lib.Preempted,
+          train_lib.ChecksFailed) as e:
     fail(str(e), e.exit_code)
   except RuntimeError as e:
     if "Unable to initialize backend" in str(e):  # e.g. a bad --jax_platforms

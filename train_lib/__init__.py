@@ -1,14 +1,15 @@
 """Everything that turns (config, workdir) into a run.
 
     import train_lib
-    result = train_lib.run("train", config, "runs/default")   # or "eval", "sample"
+    result = train_lib.run("train", config, "runs/default")   # or "eval", "sample",
+    # "sanity" (raises ChecksFailed, exit code 1, if a check fails), "lr_range"
 
 Errors a user can fix raise train_lib.UserError (exit code 2 from main.py).
 """
 
-from train_lib.errors import Diverged, Preempted, UserError  # noqa: F401
+from train_lib.errors import ChecksFailed, Diverged, Preempted, UserError  # noqa: F401
 
-MODES = ("train", "eval", "sample")
+MODES = ("train", "eval", "sample", "sanity", "lr_range")
 
 
 def enable_compilation_cache(path: str):
@@ -30,4 +31,10 @@ def run(mode: str, config, workdir: str) -> dict:
   if mode == "sample":
     from train_lib import sample
     return sample.generate_from_workdir(config, workdir)
+  if mode == "sanity":
+    from train_lib import sanity
+    return sanity.run(config, workdir)
+  if mode == "lr_range":
+    from train_lib import lr_range
+    return lr_range.run(config, workdir)
   raise UserError(f"--mode={mode} is unknown; use one of {MODES}")
