@@ -108,9 +108,9 @@ def get_config():
 
   config.sanity = ml_collections.ConfigDict()   # --mode=sanity
   config.sanity.data_batches = 4       # train batches inspected by the data check
-  config.sanity.init_loss_tolerance = 0.5  # initial loss may differ from ln(classes) by this fraction
-  config.sanity.overfit_steps = 200    # steps on one repeated batch
-  config.sanity.overfit_fraction = 0.5  # pass below this fraction of the loss a model that
+  config.sanity.init_loss_tolerance = 0.5  # relative distance allowed from ln(classes)
+  config.sanity.overfit_steps = 300    # at most this many steps on one repeated batch
+  config.sanity.overfit_fraction = 0.3  # pass below this fraction of the loss a model that
                                        # ignores its input reaches (the targets' entropy)
 
   config.lr_range = ml_collections.ConfigDict()  # --mode=lr_range (Smith, 2017)

@@ -73,7 +73,8 @@ def run(config, workdir: str, devices=None) -> dict:
       raise
     except Exception as e:  # a user's model may break a check; report it, run the rest
       traceback.print_exc(file=sys.stderr)
-      check = Check(name, False, f"raised {type(e).__name__}: {str(e).splitlines()[0]}",
+      first = (str(e).splitlines() or [""])[0]
+      check = Check(name, False, f"raised {type(e).__name__}: {first}",
                     "the check could not run on this model or data; the traceback on "
                     "stderr says where")
     _print(check.report + check.line() if check.report else check.line())
@@ -126,13 +127,15 @@ class Context:
   @functools.cached_property
   def _probe_fn(self):
     s = self.s
-    fn = functools.partial(probe_gradients, s.model, s.task, self.config.optim.grad_accum_steps)
+    fn = functools.partial(probe_gradients, s.model, s.task,
+                           self.config.optim.grad_accum_steps)
     return jax.jit(fn, in_shardings=(self.state_sharding, self.batch_sharding))
 
   def probe(self, state, batch):
     """(loss, {leaf path: {"missing", "zero", "finite", "grad_sq", "param_sq", ...}})."""
     loss, stats = jax.device_get(self._probe_fn(state, batch))
-    leaves = jax.tree_util.tree_leaves_with_path(stats, is_leaf=lambda x: isinstance(x, dict) and "zero" in x)
+    is_stats = lambda x: isinstance(x, dict) and "zero" in x
+    leaves = jax.tree_util.tree_leaves_with_path(stats, is_leaf=is_stats)
     return float(loss), {_path(p): v for p, v in leaves}
 
   @functools.cached_property
@@ -205,7 +208,7 @@ def check_data(ctx) -> Check:
               "decoding or normalisation divides by zero (a constant channel?); check the "
               "pipeline's normalisation")
     for i, a in enumerate(arrays):
-      if len(a) >= 8 and np.all(a == a.flat[0]):
+      if key != "mask" and len(a) >= 8 and np.all(a == a.flat[0]):  # an all-ones mask is fine
         problem(f"batch {i}'s {key} is constant ({a.flat[0]:.4g})",
                 "the data is sorted or a field is not decoded; shuffle the data and check "
                 "that the field is read")
@@ -233,7 +236,8 @@ def check_data(ctx) -> Check:
   examples = _save_examples(ctx, batches[0])
   data["examples"] = examples
 
-  report = f"data: {n} train batches\n" + _table(["array", "shape", "min", "max", "mean", "std"], rows)
+  report = f"data: {n} train batches\n" + _table(
+      ["array", "shape", "min", "max", "mean", "std"], rows)
   report += f"{labels_name} histogram over {n} batches: {histogram}\n"
   if problems:
     return Check("data", False, "; ".join(p for p, _ in problems), problems[0][1], report, data)
