@@ -126,3 +126,17 @@ def test_main_sanity_exits_1_and_names_the_failing_check(tmp_path, tfds_dir):
       "error: 1 of 5 sanity checks failed (overfit_one_batch)")
   assert json.load(open(tmp_path / "sanity.json"))["passed"] is False
   assert (tmp_path / "plots" / "data_examples.png").exists()
+
+
+def test_output_the_task_cannot_score_is_named():
+  from types import SimpleNamespace
+  import numpy as np
+  image = SimpleNamespace(data=SimpleNamespace(num_classes=10))
+  batch = {"label": np.zeros(4, np.int32)}
+  assert sanity._check_output(image, batch, np.zeros((4, 10))) == ""
+  assert "needs logits of shape (4, 10)" in sanity._check_output(image, batch, np.zeros((4, 1)))
+  text = SimpleNamespace(data=SimpleNamespace(num_classes=None))
+  batch = {"tokens": np.zeros((2, 9), np.int32)}
+  good = {"nll": np.zeros((2, 8)), "correct": np.zeros((2, 8)), "extra": np.zeros(3)}
+  assert sanity._check_output(text, batch, good) == ""
+  assert "{nll, correct} of shape (2, 8)" in sanity._check_output(text, batch, np.zeros((2, 8)))

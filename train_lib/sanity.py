@@ -19,6 +19,7 @@ import functools
 import json
 import math
 import os
+import re
 import sys
 import traceback
 
@@ -129,7 +130,8 @@ class Context:
     s = self.s
     fn = functools.partial(probe_gradients, s.model, s.task,
                            self.config.optim.grad_accum_steps)
-    return jax.jit(fn, in_shardings=(self.state_sharding, self.batch_sharding))
+    return jax.jit(fn, in_shardings=(self.state_sharding, self.batch_sharding)).lower(
+        self.state0, self.batches[0]).compile()
 
   def probe(self, state, batch):
     """(loss, {leaf path: {"missing", "zero", "finite", "grad_sq", "param_sq", ...}})."""
@@ -311,7 +313,7 @@ def layer_rows(model, task, abstract_state, batch):
 
 
 def check_model(ctx) -> Check:
-  s, config = ctx.s, ctx.config
+  s = ctx.s
   batch = ctx.batches[0]
   rows, output = layer_rows(s.model, s.task, s.abstract_state, batch)
   sizes = {}
@@ -329,8 +331,7 @@ def check_model(ctx) -> Check:
 
   _, stats = ctx.initial_probe
   bad_init = [p for p, v in stats.items() if not v["param_finite"]]
-  expected = _expected_output(s, batch)
-  actual = jax.tree.map(lambda x: tuple(x.shape), output)
+  wrong_output = _check_output(s, batch, output)
   if total == 0:
     return Check("model", False, "the model has no parameters",
                  "layers are not registered as submodules (created outside setup/@compact?); "
@@ -339,17 +340,18 @@ def check_model(ctx) -> Check:
     return Check("model", False, f"non-finite initial parameters: {', '.join(bad_init[:5])}",
                  "an initialiser divides by zero (fan-in 0?) or overflows; check the "
                  "initialisers of those layers", report, data)
-  if expected is not None and actual != expected:
-    return Check("model", False, f"output {actual}, the {config.task.name} task needs "
-                 f"{expected}", "the output layer has the wrong size or the output is "
-                 "reshaped; make the last layer emit num_classes (or the vocabulary)",
-                 report, data)
+  if wrong_output:
+    return Check("model", False, wrong_output, "the output layer has the wrong size or the "
+                 "output is reshaped; make the model return what the task scores", report,
+                 data)
 
   flops = _flops_per_item(ctx)
   unit = "token" if s.task.unit == "tokens" else "example"
   data["flops_per_" + unit] = flops
-  flop_text = f"{flops:,.0f} train-step FLOPs per {unit} (XLA cost analysis)" if flops else \
-      "FLOPs unknown (no cost analysis on this backend)"
+  flop_text = f"{flops:,.0f} FLOPs per {unit} forward + backward (XLA cost analysis)" \
+      if flops else "FLOPs unknown (no cost analysis on this backend)"
+  if flops and re.search(r"\bwhile\(", ctx._probe_fn.as_text() or ""):
+    flop_text += " (an undercount: XLA counts each loop body, e.g. scanned layers, once)"
   formula = loop.flops_per_item(s, s.abstract_state.params)
   if formula:
     flop_text += f", model formula {formula:,.0f}"
@@ -358,26 +360,33 @@ def check_model(ctx) -> Check:
                data=data)
 
 
-def _expected_output(s, batch):
+def _check_output(s, batch, output) -> str:
+  """What is wrong with the model's output for the task, or ""."""
   if s.data.num_classes:
-    return (batch["label"].shape[0], s.data.num_classes)
-  if "tokens" in batch:
-    B, T1 = batch["tokens"].shape
-    return {"nll": (B, T1 - 1), "correct": (B, T1 - 1)}
-  return None
+    want = (batch["label"].shape[0], s.data.num_classes)
+    got = getattr(output, "shape", None)
+    return "" if got == want else f"output {got or _describe(output)}, the task needs " \
+        f"logits of shape {want}"
+  want = tuple(batch["tokens"][:, 1:].shape)
+  got = {k: tuple(output[k].shape) for k in ("nll", "correct")
+         if isinstance(output, dict) and k in output}
+  return "" if got == {"nll": want, "correct": want} else \
+      f"output {_describe(output)}, the lm task needs {{nll, correct}} of shape {want}"
 
 
 def _flops_per_item(ctx) -> float:
-  """The compiled step's FLOPs summed over devices, per example or token of the batch."""
+  """Forward and backward FLOPs per example or token, summed over devices, from XLA's cost
+  analysis of the compiled gradient computation on one micro-batch. (The train step's own
+  analysis would count the loop over micro-batches once.)"""
   try:
-    cost = ctx.train_step.cost_analysis()
+    cost = ctx._probe_fn.cost_analysis()
   except Exception:  # some backends have no cost analysis
     return 0.0
   if isinstance(cost, (list, tuple)):
     cost = cost[0] if cost else {}
   flops = float((cost or {}).get("flops", 0.0))
   items = ctx.s.task.items_per_batch(ctx.config.data.batch_size)
-  return max(flops, 0.0) * ctx.s.mesh.size / items
+  return max(flops, 0.0) * ctx.s.mesh.size * ctx.config.optim.grad_accum_steps / items
 
 
 # --------------------------------------------------------------------- initial loss
