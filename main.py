@@ -6,7 +6,8 @@
     python main.py --config=runs/default/config.json --workdir=runs/default_again  # replay
     python main.py --config=configs/ablations/shakespeare_arch.py --workdir=runs/abl --mode=ablate
 
-Exit codes: 0 success, 2 bad input, 3 diverged, 75 preempted (checkpoint saved).
+Exit codes: 0 success, 1 a sanity check failed, 2 bad input, 3 diverged, 75 preempted
+(checkpoint saved).
 """
 
 import json
@@ -21,7 +22,7 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, optionally with an argument: file.py:arg; "
     "or a run's config.json to replay that run.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and logs.")
-_MODE = flags.DEFINE_string("mode", "train", "train | eval | sample | shardings | ablate")
+_MODE = flags.DEFINE_string("mode", "train", "train | eval | sample | shardings | ablate | sanity | lr_range")
 
 
 class _ConfigParser(flags.ArgumentParser):
@@ -107,7 +108,8 @@ def main(argv):
   logging.set_verbosity(logging.ERROR)
   try:
     result = train_lib.run(_MODE.value, _CONFIG.value, _WORKDIR.value)
-  except (train_lib.UserError, train_lib.Diverged, train_lib.Preempted) as e:
+  except (train_lib.UserError, train_lib.Diverged, train_lib.Preempted,
+          train_lib.ChecksFailed) as e:
     fail(str(e), e.exit_code)
   except RuntimeError as e:
     if "Unable to initialize backend" in str(e):  # e.g. a bad --jax_platforms

@@ -110,6 +110,19 @@ def get_config():
   config.sample.num_samples = 1
   config.sample.seed = 0
 
+  config.sanity = ml_collections.ConfigDict()   # --mode=sanity
+  config.sanity.data_batches = 4       # train batches inspected by the data check
+  config.sanity.init_loss_tolerance = 0.5  # relative distance allowed from ln(classes)
+  config.sanity.overfit_steps = 300    # at most this many steps on one repeated batch
+  config.sanity.overfit_fraction = 0.3  # pass below this fraction of the loss a model that
+                                       # ignores its input reaches (the targets' entropy)
+
+  config.lr_range = ml_collections.ConfigDict()  # --mode=lr_range (Smith, 2017)
+  config.lr_range.min_lr = 1e-7
+  config.lr_range.max_lr = 10.0
+  config.lr_range.num_steps = 200      # exponential sweep from min_lr to max_lr
+  config.lr_range.diverge_factor = 4.0  # stop once the smoothed loss exceeds this x its minimum
+
   # Mesh axis sizes; one may be -1 to take the remaining devices.
   config.mesh = ml_collections.ConfigDict()
   config.mesh.data = -1

@@ -1,15 +1,16 @@
 """Everything that turns (config, workdir) into a run.
 
     import train_lib
-    result = train_lib.run("train", config, "runs/default")   # or "eval", "sample", "ablate"
+    result = train_lib.run("train", config, "runs/default")   # or "eval", "sample", "ablate",
+    # "shardings", "sanity" (raises ChecksFailed, exit code 1, if a check fails), "lr_range"
 
 Errors a user can fix raise train_lib.UserError (exit code 2 from main.py). A config
 field that the run never reads is reported as a warning line (train_lib/config_reads.py).
 """
 
-from train_lib.errors import Diverged, Preempted, UserError  # noqa: F401
+from train_lib.errors import ChecksFailed, Diverged, Preempted, UserError  # noqa: F401
 
-MODES = ("train", "eval", "sample", "shardings", "ablate")
+MODES = ("train", "eval", "sample", "shardings", "ablate", "sanity", "lr_range")
 
 
 def enable_compilation_cache(path: str):
@@ -51,4 +52,10 @@ def _run(mode: str, config, workdir: str) -> dict:
     return {"mode": "shardings", "mesh": dict(s.mesh.shape),
             "bytes_per_device": partitioning.bytes_per_device(s.abstract_state,
                                                               s.state_sharding)}
+  if mode == "sanity":
+    from train_lib import sanity
+    return sanity.run(config, workdir)
+  if mode == "lr_range":
+    from train_lib import lr_range
+    return lr_range.run(config, workdir)
   raise UserError(f"--mode={mode} is unknown; use one of {MODES}")

@@ -17,12 +17,18 @@ from train_lib import writers
 
 # What each mode never reads, on purpose: unread fields under these prefixes are not
 # reported. A mode not listed here reports every unread field that was set.
+TOOLS = ("sanity.", "lr_range.")   # the settings of --mode=sanity and --mode=lr_range
 UNREAD_BY_DESIGN = {
-    "train": ("sample.", "eval."),   # --mode=sample's and --mode=eval's own settings
-    "eval": ("sample.", "train."),
-    "sample": ("train.", "data.eval_split"),
+    "train": ("sample.", "eval.", *TOOLS),   # the other modes' own settings
+    "eval": ("sample.", "train.", *TOOLS),
+    "sample": ("train.", "data.eval_split", *TOOLS),
     "ablate": (),
-    "shardings": ("sample.", "eval.", "train.", "optim.grad_accum_steps"),  # layout only
+    "shardings": ("sample.", "eval.", "train.", "optim.", *TOOLS),  # the layout only
+    "sanity": ("sample.", "eval.", "train.", "lr_range.", "optim.schedule", "optim.warmup_steps",
+               "optim.end_learning_rate_factor"),   # overfits at a constant learning rate
+    "lr_range": ("sample.", "eval.", "train.", "sanity.", "optim.schedule",
+                 "optim.warmup_steps", "optim.end_learning_rate_factor",
+                 "optim.learning_rate"),             # sweeps its own learning rates
 }
 
 

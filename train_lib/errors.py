@@ -1,5 +1,6 @@
 """Exceptions that end a run with a contracted exit code (DESIGN.md)."""
 
+EXIT_CHECKS_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_DIVERGED = 3
 EXIT_PREEMPTED = 75
@@ -18,3 +19,8 @@ class Diverged(Exception):
 class Preempted(Exception):
   """Stopped by a signal after its checkpoint was saved: exit code 75."""
   exit_code = EXIT_PREEMPTED
+
+
+class ChecksFailed(Exception):
+  """A tool's checks ran and at least one failed (--mode=sanity): exit code 1."""
+  exit_code = EXIT_CHECKS_FAILED

@@ -36,8 +36,9 @@ def decay_mask(params):
   return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-def build(config, total_steps: int):
-  schedule = build_schedule(config, total_steps)
+def build(config, total_steps: int, schedule=None):
+  """`schedule` (a step -> learning rate function) replaces config's, e.g. for tools."""
+  schedule = schedule or build_schedule(config, total_steps)
   if config.name == "adamw":
     tx = optax.adamw(schedule, b1=config.b1, b2=config.b2, eps=config.eps,
                      weight_decay=config.weight_decay, mask=decay_mask)

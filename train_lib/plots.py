@@ -2,10 +2,15 @@
 
     plots.loss_curves(workdir)   # -> workdir/plots/loss.png (train and eval loss by step)
     plots.ablation_curves(workdir, {"train loss": {"baseline": {10: 2.3, ...}, ...}, ...})
+    plots.image_grid(path, images_BxHxWxC, labels_B)   # --mode=sanity's data examples
+    plots.lr_range(path, lrs, losses, smoothed, suggested)   # --mode=lr_range
+
+Without matplotlib each returns "" and draws nothing.
 """
 
 import os
 
+import numpy as np
 from absl import logging
 
 from train_lib import writers
@@ -22,9 +27,8 @@ def _pyplot():
   return plt
 
 
-def _save(plt, fig, workdir: str, name: str) -> str:
-  os.makedirs(os.path.join(workdir, "plots"), exist_ok=True)
-  path = os.path.join(workdir, "plots", name)
+def _save(plt, fig, path: str) -> str:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
@@ -46,7 +50,7 @@ def loss_curves(workdir: str, title: str = "") -> str:
   ax.set_title(title or os.path.basename(os.path.normpath(workdir)))
   ax.grid(alpha=0.3)
   ax.legend()
-  return _save(plt, fig, workdir, "loss.png")
+  return _save(plt, fig, os.path.join(workdir, "plots", "loss.png"))
 
 
 def ablation_curves(workdir: str, panels: dict, title: str = "") -> str:
@@ -67,4 +71,50 @@ def ablation_curves(workdir: str, panels: dict, title: str = "") -> str:
     ax.grid(alpha=0.3)
   axes[0][-1].legend(fontsize=8)
   fig.suptitle(title)
-  return _save(plt, fig, workdir, "ablation.png")
+  return _save(plt, fig, os.path.join(workdir, "plots", "ablation.png"))
+
+
+def image_grid(path: str, images_BxHxWxC, labels_B, columns: int = 8) -> str:
+  """Images (any scale: each is stretched to [0, 1]) in one mosaic, each labelled."""
+  plt = _pyplot()
+  if plt is None:
+    return ""
+  images = np.asarray(images_BxHxWxC, np.float32)
+  images = images if images.shape[-1] == 3 else images[..., :1].repeat(3, -1)
+  low = images.min(axis=(1, 2, 3), keepdims=True)
+  span = images.max(axis=(1, 2, 3), keepdims=True) - low
+  images = (images - low) / np.where(span > 0, span, 1.0)
+  B, H, W, _ = images.shape
+  rows, gap = -(-B // columns), max(1, H // 8)
+  mosaic = np.ones((rows * (H + gap), columns * (W + gap), 3), np.float32)
+  for i, image in enumerate(images):
+    y, x = i // columns * (H + gap), i % columns * (W + gap)
+    mosaic[y:y + H, x:x + W] = image
+  fig, ax = plt.subplots(figsize=(1.2 * columns, 1.2 * rows))
+  ax.imshow(mosaic, interpolation="nearest")
+  for i, label in enumerate(labels_B[:B]):
+    ax.text(i % columns * (W + gap), i // columns * (H + gap), str(label), color="tab:red",
+            fontsize=8, va="top", ha="left")
+  ax.axis("off")
+  return _save(plt, fig, path)
+
+
+def lr_range(path: str, lrs, losses, smoothed, suggested: float, title: str = "") -> str:
+  """Loss against learning rate (log axis), raw and smoothed, the suggestion marked."""
+  plt = _pyplot()
+  if plt is None:
+    return ""
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  ax.plot(lrs, losses, alpha=0.35, label="loss")
+  ax.plot(lrs, smoothed, label="smoothed")
+  ax.axvline(suggested, color="tab:red", linestyle="--", label=f"suggested {suggested:.2g}")
+  finite = np.asarray(smoothed)[np.isfinite(smoothed)]
+  if len(finite):  # the diverging tail would flatten the rest of the curve
+    ax.set_ylim(finite.min() - 0.05 * abs(finite.min()), 1.5 * finite[0] + 0.1)
+  ax.set_xscale("log")
+  ax.set_xlabel("learning rate")
+  ax.set_ylabel("loss")
+  ax.set_title(title or "learning-rate range test")
+  ax.grid(alpha=0.3)
+  ax.legend()
+  return _save(plt, fig, path)

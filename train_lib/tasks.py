@@ -29,6 +29,15 @@ class Classification:
                       "an image dataset (use task.name='lm' for text)")
     self.label_smoothing, self.num_classes = config.label_smoothing, data.num_classes
 
+  @property
+  def loss_floor(self) -> float:
+    """The least loss possible: the entropy of the smoothed targets (0 without smoothing)."""
+    e, c = self.label_smoothing, self.num_classes
+    if not e:
+      return 0.0
+    on, off = 1 - e + e / c, e / c
+    return -(on * math.log(on) + (c - 1) * off * math.log(off))
+
   def model_inputs(self, batch):
     return (batch["image"],), {}
 
@@ -61,6 +70,7 @@ class LanguageModeling:
   Metrics: loss (nats per token), perplexity, bits per byte, accuracy.
   """
   unit = "tokens"
+  loss_floor = 0.0
 
   def __init__(self, config, data):
     if not data.vocab_size:

@@ -1,0 +1,142 @@
+"""--mode=sanity: every shipped config passes (runlocal, on several meshes); deliberately
+broken models and a repeating data pipeline fail exactly the check they should."""
+
+import glob
+import importlib
+import json
+import os
+
+import jax
+import ml_collections
+import pytest
+
+from helpers import run_main
+from input_pipeline.base import Data
+from train_lib import sanity
+from train_lib.errors import ChecksFailed
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(REPO, "configs", "*.py"))
+                 if not p.endswith(("__init__.py", "base.py")))
+CHECKS = ["data", "model", "initial_loss", "gradient_flow", "overfit_one_batch"]
+# Devices per config: sanity must work on any mesh, so a few run data parallel.
+DEVICES = {"default": 8, "shakespeare_char": 2, "gpt2_124m": 2}
+
+
+def small_config(name, tfds_dir):
+  config = importlib.import_module(f"configs.{name}").get_config("runlocal")
+  config.data.tfds_dir = tfds_dir
+  config.data.cache_mb = 0   # Fashion-MNIST: read 4 batches, not the whole split
+  return config
+
+
+def run_sanity(config, workdir, capsys, devices=1):
+  """(passed, {check name: its sanity.json entry}, stdout) of one in-process run."""
+  try:
+    sanity.run(config, str(workdir), devices=jax.devices()[:devices])
+    passed = True
+  except ChecksFailed as e:
+    passed = False
+    assert "sanity checks failed" in str(e)
+  report = json.load(open(os.path.join(workdir, "sanity.json")))
+  assert report["passed"] == passed
+  assert [c["name"] for c in report["checks"]] == CHECKS
+  return passed, {c["name"]: c for c in report["checks"]}, capsys.readouterr().out
+
+
+def verdicts(stdout):
+  """The PASS/FAIL lines in order, as (verdict, name)."""
+  return [tuple(l.split(":")[0].split()) for l in stdout.splitlines()
+          if l.startswith(("PASS ", "FAIL "))]
+
+
+def test_every_shipped_config_is_covered():
+  assert {"default", "digits_mlp", "fashion_mnist_cnn", "fashion_mnist_resnet",
+          "shakespeare_char", "gpt2_124m"} <= set(CONFIGS)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_shipped_config_passes(name, tmp_path, tfds_dir, capsys):
+  config = small_config(name, tfds_dir)
+  if name == "default":  # data parallel over 4 x fsdp 2
+    config.mesh.data, config.mesh.fsdp = 4, 2
+  passed, checks, out = run_sanity(config, tmp_path, capsys, DEVICES.get(name, 1))
+  assert passed, out
+  assert verdicts(out) == [("PASS", c) for c in CHECKS]
+  model = checks["model"]
+  assert model["layers"][0]["params"] == model["total_params"] > 0   # the (model) row
+  flops = model.get("flops_per_example") or model.get("flops_per_token")
+  assert flops > 0, model
+  assert "module" in out and "grad norm" in out          # the two tables were printed
+  text = config.task.name == "lm"
+  example = tmp_path / "plots" / ("text_examples.txt" if text else "data_examples.png")
+  assert example.stat().st_size > 0
+  overfit = checks["overfit_one_batch"]
+  assert overfit["losses"][-1] < overfit["target"] < overfit["input_free_loss"]
+
+
+def broken_config(tfds_dir, model_name):
+  config = small_config("digits_mlp", tfds_dir)
+  config.model = ml_collections.ConfigDict({"name": model_name, "hidden": (64,)})
+  return config
+
+
+@pytest.mark.parametrize("model_name, failing, words", [
+    ("UnusedParam", "gradient_flow", "unused"),         # a parameter the loss never sees
+    ("IgnoresInput", "overfit_one_batch", "ignores its input"),
+    ("Overconfident", "initial_loss", "too high"),
+])
+def test_broken_model_fails_its_check(model_name, failing, words, tmp_path, tfds_dir, capsys):
+  config = broken_config(tfds_dir, f"tests.broken_models:{model_name}")
+  passed, checks, out = run_sanity(config, tmp_path, capsys)
+  assert not passed
+  assert [v for v, name in verdicts(out) if name != failing] == ["PASS"] * 4, out
+  line = next(l for l in out.splitlines() if l.startswith(f"FAIL {failing}:"))
+  assert words in line and " -- " in line, line     # what is wrong, then what to try
+  assert not checks[failing]["passed"] and checks[failing]["fix"]
+  if failing == "gradient_flow":
+    assert checks[failing]["zero"] == ["unused"]
+
+
+def test_repeating_data_pipeline_fails_the_data_check(tmp_path, tfds_dir, capsys, monkeypatch):
+  original = Data.next_train
+
+  def same_batch_every_time(self):
+    if not hasattr(self, "_first"):
+      self._first = original(self)
+    return self._first
+  monkeypatch.setattr(Data, "next_train", same_batch_every_time)
+  passed, checks, out = run_sanity(small_config("digits_mlp", tfds_dir), tmp_path, capsys)
+  assert not passed
+  assert verdicts(out)[0] == ("FAIL", "data") and len(verdicts(out)) == 5
+  assert all(checks[name]["passed"] for name in CHECKS[1:]), out
+  assert "batches 0 and 1 are identical" in checks["data"]["detail"]
+  assert "repeats one batch" in checks["data"]["fix"]
+
+
+def test_main_sanity_exits_1_and_names_the_failing_check(tmp_path, tfds_dir):
+  proc = run_main("--config=configs/digits_mlp.py:runlocal", f"--workdir={tmp_path}",
+                  "--mode=sanity", f"--config.data.tfds_dir={tfds_dir}",
+                  "--config.model.name=tests.broken_models:IgnoresInput", check=False)
+  assert proc.returncode == 1, proc.stderr[-2000:]
+  assert verdicts(proc.stdout) == [("PASS", "data"), ("PASS", "model"),
+                                   ("PASS", "initial_loss"), ("PASS", "gradient_flow"),
+                                   ("FAIL", "overfit_one_batch")]
+  assert proc.stderr.strip().splitlines()[-1].startswith(
+      "error: 1 of 5 sanity checks failed (overfit_one_batch)")
+  assert json.load(open(tmp_path / "sanity.json"))["passed"] is False
+  assert (tmp_path / "plots" / "data_examples.png").exists()
+
+
+def test_output_the_task_cannot_score_is_named():
+  from types import SimpleNamespace
+  import numpy as np
+  image = SimpleNamespace(data=SimpleNamespace(num_classes=10))
+  batch = {"label": np.zeros(4, np.int32)}
+  assert sanity._check_output(image, batch, np.zeros((4, 10))) == ""
+  assert "needs logits of shape (4, 10)" in sanity._check_output(image, batch, np.zeros((4, 1)))
+  text = SimpleNamespace(data=SimpleNamespace(num_classes=None))
+  batch = {"tokens": np.zeros((2, 9), np.int32)}
+  good = {"nll": np.zeros((2, 8)), "correct": np.zeros((2, 8)), "extra": np.zeros(3)}
+  assert sanity._check_output(text, batch, good) == ""
+  assert "{nll, correct} of shape (2, 8)" in sanity._check_output(text, batch, np.zeros((2, 8)))
