@@ -4,7 +4,11 @@
     python main.py --config=configs/default.py:runlocal --workdir=/tmp/d --config.seed=1
     python main.py --config=configs/default.py --workdir=runs/default --mode=eval
 
+Several processes (hosts), one command each; srun, mpirun and TPU VMs need no flags:
+    python main.py ... --coordinator_address=host0:1234 --num_processes=2 --process_id=0
+
 Exit codes: 0 success, 2 bad input, 3 diverged, 75 preempted (checkpoint saved).
+Only process 0 prints the result line and writes the workdir's logs.
 """
 
 import json
@@ -20,6 +24,11 @@ _CONFIG = config_flags.DEFINE_config_file(
     lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and logs.")
 _MODE = flags.DEFINE_string("mode", "train", "train | eval")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", "", "Multi-process runs: HOST:PORT of process 0 (else "
+    "$JAX_COORDINATOR_ADDRESS, or detected under srun, mpirun and on TPU VMs).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-process runs: how many.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process runs: this one's index.")
 
 
 def fail(message: str, code: int = 2):
@@ -71,6 +80,8 @@ def main(argv):
   import train_lib
   logging.set_verbosity(logging.ERROR)
   try:
+    train_lib.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
+                                     _PROCESS_ID.value)
     result = train_lib.run(_MODE.value, _CONFIG.value, _WORKDIR.value)
   except (train_lib.UserError, train_lib.Diverged, train_lib.Preempted) as e:
     fail(str(e), e.exit_code)
@@ -78,7 +89,9 @@ def main(argv):
     if "Unable to initialize backend" in str(e):  # e.g. a bad --jax_platforms
       fail(_explain(e, argv))
     raise
-  print(json.dumps(result), flush=True)
+  import jax
+  if jax.process_index() == 0:
+    print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

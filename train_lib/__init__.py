@@ -6,6 +6,7 @@
 Errors a user can fix raise train_lib.UserError (exit code 2 from main.py).
 """
 
+from train_lib import distributed  # noqa: F401
 from train_lib.errors import Diverged, Preempted, UserError  # noqa: F401
 
 MODES = ("train", "eval", "sample")

@@ -5,11 +5,14 @@
     state = ckpt.restore(step, target, data.train_iter)  # target: ShapeDtypeStructs with shardings
     ckpt.close()                                      # waits for pending saves
 
-Restoring onto a different mesh or device count works: arrays are read
-straight into the target's shardings.
+Restoring onto a different mesh, device count or process count works: arrays are read
+straight into the target's shardings, and the data position is the same on every process.
 """
 
+import dataclasses
+import json
 import os
+from typing import Any
 
 import grain
 import jax
@@ -21,6 +24,32 @@ from train_lib.errors import UserError
 def sharded_target(abstract_state, shardings):
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                       abstract_state, shardings)
+
+
+class DataHandler(grain.checkpoint.CheckpointHandler):
+  """grain's handler, which also restores onto another number of processes: each process
+  saves its own file, but all of them hold the same position (the next global batch)."""
+
+  def restore(self, directory, item=None, args=None):
+    own = directory / f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+    saved = sorted(directory.glob("process_*-of-*.json"))
+    if own.exists() or not saved:
+      return super().restore(directory, item, args)
+    item = item or args.item
+    item.set_state(json.loads(saved[0].read_text()))
+    return item
+
+
+@ocp.args.register_with_handler(DataHandler, for_save=True)
+@dataclasses.dataclass
+class DataSave(ocp.args.CheckpointArgs):
+  item: Any
+
+
+@ocp.args.register_with_handler(DataHandler, for_restore=True)
+@dataclasses.dataclass
+class DataRestore(ocp.args.CheckpointArgs):
+  item: Any
 
 
 class Checkpointer:
@@ -39,7 +68,7 @@ class Checkpointer:
     self.manager = ocp.CheckpointManager(
         self.directory, options=options,
         item_handlers={"state": ocp.StandardCheckpointHandler(),
-                       "data": grain.checkpoint.CheckpointHandler()})
+                       "data": DataHandler()})
 
   def all_steps(self):
     return sorted(self.manager.all_steps())
@@ -49,7 +78,7 @@ class Checkpointer:
 
   def save(self, step: int, state, data_iter) -> bool:
     return self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iter)),
+        state=ocp.args.StandardSave(state), data=DataSave(data_iter)),
         force=True)
 
   def restore(self, step: int, target, data_iter=None):
@@ -59,7 +88,7 @@ class Checkpointer:
       raise UserError(f"step {step} not found in {self.directory}; available: {steps}")
     args = {"state": ocp.args.StandardRestore(target)}
     if data_iter is not None:
-      args["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+      args["data"] = DataRestore(data_iter)
     restored = self.manager.restore(step, args=ocp.args.Composite(**args))
     return restored["state"]
 
