@@ -111,13 +111,18 @@ def test_process_0_alone_writes_the_workdir(two_processes):
   assert positions[0] == positions[1] == {"next_index": 100}
 
 
-def test_eval_and_resume_as_one_process(two_processes, tmp_path, tfds_dir):
+def test_eval_on_one_or_two_processes_and_resume_on_one(two_processes, tmp_path, tfds_dir):
   workdir, results = two_processes
   final = last_json(results[0][1])
-  evaluated = last_json(run_main(*DEFAULT, f"--workdir={workdir}", "--mode=eval",
-                                 f"--config.data.tfds_dir={tfds_dir}", devices=8).stdout)
-  assert evaluated["step"] == 100 and evaluated["accuracy"] == final["accuracy"]
-  assert evaluated["loss"] == pytest.approx(final["loss"], rel=1e-5)
+  args = [*DEFAULT, f"--workdir={workdir}", "--mode=eval", f"--config.data.tfds_dir={tfds_dir}"]
+  on_one = last_json(run_main(*args, devices=8).stdout)
+  on_two = finish(launch(args, str(tmp_path)), str(tmp_path))
+  assert [code for code, _, _ in on_two] == [0, 0], on_two[1][2][-3000:]
+  assert not [l for l in on_two[1][1].splitlines() if l.startswith("{")]
+  for evaluated in (on_one, last_json(on_two[0][1])):
+    assert evaluated["step"] == 100 and evaluated["accuracy"] == final["accuracy"]
+    assert evaluated["loss"] == pytest.approx(final["loss"], rel=1e-5)
+  assert len([r for r in read_metrics(workdir) if r.get("mode") == "eval"]) == 2
   # Continue the 2-process run from step 50 as one process with 8 devices.
   copy = str(tmp_path / "copy")
   shutil.copytree(workdir, copy)

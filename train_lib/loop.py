@@ -117,7 +117,7 @@ def prepare_workdir(workdir: str) -> str:
   workdir = os.path.abspath(os.path.expanduser(workdir))
   try:
     os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f".write_test_{os.getpid()}")
+    probe = os.path.join(workdir, f".write_test_{jax.process_index()}_{os.getpid()}")
     with open(probe, "w"):
       pass
     os.remove(probe)
