@@ -194,6 +194,8 @@ def test_bad_process_flags_exit_2_with_one_line(tmp_path):
     ({}, {"SLURM_JOB_ID": "7", "SLURM_PROCID": "1", "SLURM_NTASKS": "2"}, {}),
     ({}, {"SLURM_JOB_ID": "7", "SLURM_PROCID": "0", "SLURM_NTASKS": "4",
           "SLURM_STEP_NUM_TASKS": "1"}, None),  # the batch script itself, not srun
+    (dict(num_processes=1), {"SLURM_JOB_ID": "7", "SLURM_PROCID": "1", "SLURM_NTASKS": "2"},
+     None),  # opting out under a launcher
     (dict(coordinator_address="h0:1"), {"SLURM_JOB_ID": "7", "SLURM_PROCID": "0",
                                         "SLURM_NTASKS": "2"}, {"coordinator_address": "h0:1"}),
 ])

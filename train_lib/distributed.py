@@ -6,7 +6,7 @@
 Explicit (any launcher): coordinator HOST:PORT (process 0's), process count and id, as flags
 or as JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID. Detected: srun with more
 than one task (SLURM), Open MPI's mpirun, a Cloud TPU VM; JAX reads the rest from there.
-Anything else is a single-process run, whatever number of local devices it sees.
+Anything else, or --num_processes=1, is a single-process run over all the local devices.
 """
 
 import os
@@ -20,6 +20,8 @@ def plan(coordinator_address: str = "", num_processes=None, process_id=None,
   address = coordinator_address or env.get("JAX_COORDINATOR_ADDRESS", "")
   count = _number(num_processes, env, "JAX_NUM_PROCESSES", "num_processes")
   index = _number(process_id, env, "JAX_PROCESS_ID", "process_id")
+  if count == 1 and not index and not coordinator_address:
+    return None  # on its own, also under a launcher that started several processes
   if count is not None or index is not None:
     if count is None or index is None:
       raise UserError("--num_processes and --process_id go together; pass both (and "
