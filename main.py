@@ -6,8 +6,11 @@
     python main.py --config=runs/default/config.json --workdir=runs/default_again  # replay
     python main.py --config=configs/ablations/shakespeare_arch.py --workdir=runs/abl --mode=ablate
 
+Several processes (hosts), one command each; srun, mpirun and TPU VMs need no flags:
+    python main.py ... --coordinator_address=host0:1234 --num_processes=2 --process_id=0
+
 Exit codes: 0 success, 1 a sanity check failed, 2 bad input, 3 diverged, 75 preempted
-(checkpoint saved).
+(checkpoint saved). Only process 0 prints the result line and writes the workdir's logs.
 """
 
 import json
@@ -22,7 +25,8 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, optionally with an argument: file.py:arg; "
     "or a run's config.json to replay that run.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and logs.")
-_MODE = flags.DEFINE_string("mode", "train", "train | eval | sample | shardings | ablate | sanity | lr_range")
+_MODE = flags.DEFINE_string(
+    "mode", "train", "train | eval | sample | shardings | ablate | sanity | lr_range")
 
 
 class _ConfigParser(flags.ArgumentParser):
@@ -45,6 +49,11 @@ class _ConfigParser(flags.ArgumentParser):
 
 
 flags.FLAGS["config"].parser = _ConfigParser(flags.FLAGS["config"].parser)
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", "", "Multi-process runs: HOST:PORT of process 0 (else "
+    "$JAX_COORDINATOR_ADDRESS, or detected under srun, mpirun and on TPU VMs).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-process runs: how many.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process runs: this one's index.")
 
 
 def fail(message: str, code: int = 2):
@@ -107,6 +116,8 @@ def main(argv):
   import train_lib
   logging.set_verbosity(logging.ERROR)
   try:
+    train_lib.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
+                                     _PROCESS_ID.value)
     result = train_lib.run(_MODE.value, _CONFIG.value, _WORKDIR.value)
   except (train_lib.UserError, train_lib.Diverged, train_lib.Preempted,
           train_lib.ChecksFailed) as e:
@@ -115,7 +126,9 @@ def main(argv):
     if "Unable to initialize backend" in str(e):  # e.g. a bad --jax_platforms
       fail(_explain(e, argv))
     raise
-  print(json.dumps(result), flush=True)
+  import jax
+  if jax.process_index() == 0:
+    print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

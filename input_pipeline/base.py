@@ -27,8 +27,8 @@ def prepare(builder):
   """Prepares a local builder once (process 0), then every process reads it."""
   if builder.is_prepared():
     return builder.as_data_source()
+  import tensorflow_datasets as tfds
   if jax.process_index() == 0:
-    import tensorflow_datasets as tfds
     tfds.disable_progress_bar()
     try:
       builder.download_and_prepare()
@@ -37,6 +37,8 @@ def prepare(builder):
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices(f"prepared {builder.name}")
+    if jax.process_index() > 0:  # this builder still describes the unprepared folder
+      builder = tfds.builder_from_directory(builder.data_dir)
   return builder.as_data_source()
 
 

@@ -8,6 +8,7 @@ Errors a user can fix raise train_lib.UserError (exit code 2 from main.py). A co
 field that the run never reads is reported as a warning line (train_lib/config_reads.py).
 """
 
+from train_lib import distributed  # noqa: F401
 from train_lib.errors import ChecksFailed, Diverged, Preempted, UserError  # noqa: F401
 
 MODES = ("train", "eval", "sample", "shardings", "ablate", "sanity", "lr_range")

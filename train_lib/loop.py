@@ -21,7 +21,7 @@ from absl import logging
 import input_pipeline
 import models
 from train_lib import capsule, checkpointing, optim, partitioning, state as state_lib, step
-from train_lib import config_reads, diagnosis, guards, plots, tasks, writers
+from train_lib import config_reads, diagnosis, distributed, guards, plots, tasks, writers
 from train_lib.errors import Diverged, Preempted, UserError
 
 DTYPES = {"float32": "float32", "bfloat16": "bfloat16"}
@@ -122,7 +122,7 @@ def prepare_workdir(workdir: str) -> str:
     writers.console(f"workdir {given} is {workdir}")
   try:
     os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f".write_test_{os.getpid()}")
+    probe = os.path.join(workdir, f".write_test_{jax.process_index()}_{os.getpid()}")
     with open(probe, "w"):
       pass
     os.remove(probe)
@@ -199,19 +199,37 @@ def _train(config, workdir: str, watchers) -> dict:
 
 
 class StopSignals:
-  """SIGTERM and SIGINT set a flag that the loop reads at the next step boundary."""
+  """SIGTERM and SIGINT set a flag that the loop reads at the next step boundary.
+
+  In a multi-process run SIGTERM is left to JAX's preemption service (SIGINT is passed on
+  to it), which picks one step for every process: `requested` is true there on all of them.
+  """
 
   def __init__(self):
     self.signum, self._old = None, {}
+    self.synced = distributed.preemption_synced()
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
-      for sig in (signal.SIGTERM, signal.SIGINT):
+      for sig in (signal.SIGINT,) if self.synced else (signal.SIGTERM, signal.SIGINT):
         self._old[sig] = signal.signal(sig, self._handle)
     return self
 
   def _handle(self, signum, frame):
     self.signum = signum
+    if self.synced:
+      os.kill(os.getpid(), signal.SIGTERM)  # to JAX's handler, which tells every process
+
+  def requested(self, steps_run: int) -> bool:
+    """Whether to save and stop after this step; call it after every step."""
+    if self.synced:
+      from jax.experimental import multihost_utils
+      return multihost_utils.reached_preemption_sync_point(steps_run)
+    return self.signum is not None
+
+  @property
+  def name(self) -> str:
+    return signal.Signals(self.signum or signal.SIGTERM).name
 
   def __exit__(self, *exc):
     for sig, handler in self._old.items():
@@ -298,15 +316,16 @@ def _train_steps(config, s, state, ckpt, writer, eval_step, batch_sharding, star
       result = {"step": current, "split": config.data.eval_split, **metrics}
       stop_early = _notify(watchers, current, config.data.eval_split, metrics) or stop_early
       t_log = time.perf_counter()  # eval time does not count against training speed
-    if ((tc.checkpoint_every and current % tc.checkpoint_every == 0) or last or stop.signum
+    stopping = stop.requested(current - start)
+    if ((tc.checkpoint_every and current % tc.checkpoint_every == 0) or last or stopping
         or stop_early):
       screened, pending = screened + _screen(guard, pending, last_saved, watchers), []
       guard.check_state(state, current, last_saved)
       ckpt.save(current, state, s.data.train_iter, config)
       last_saved = current
-    if stop.signum and not last:
+    if stopping and not last:
       ckpt.wait()
-      name = signal.Signals(stop.signum).name
+      name = stop.name
       writers.console(f"{name}: saved checkpoint at step {current} in {ckpt.directory}")
       raise Preempted(f"preempted by {name} at step {current}, checkpoint saved; "
                       "rerun the same command to continue")
