@@ -27,7 +27,7 @@ def get_config(arg=None):
     runlocal = gpt2_124m.get_config("runlocal")
     config.data.update(runlocal.data)
     config.model.update(runlocal.model)
-    config.optim.update(grad_accum_steps=1, warmup_steps=5)
+    config.optim.update(runlocal.optim)
     config.train.update(runlocal.train)
     config.dtype = "float32"
   return config

@@ -100,8 +100,10 @@ def test_two_processes_train_like_one_process_with_8_devices(two_processes, tmp_
 def test_process_0_alone_writes_the_workdir(two_processes):
   workdir, _ = two_processes
   capsule = json.load(open(os.path.join(workdir, "capsule.json")))
-  assert capsule["devices"] == {"count": 8, "local_count": 4, "kind": "cpu",
-                                "process_count": 2}
+  devices = capsule["devices"]
+  assert {k: devices[k] for k in ("count", "local_count", "kind", "process_count")} == {
+      "count": 8, "local_count": 4, "kind": "cpu", "process_count": 2}
+  assert sorted(d["process_index"] for d in devices["topology"]) == [0] * 4 + [1] * 4
   assert json.load(open(os.path.join(workdir, "config.json")))["train"]["num_steps"] == 100
   keys = [(r["step"], r["split"]) for r in read_metrics(workdir) if r.get("mode") != "eval"]
   assert len(keys) == len(set(keys)) == 7, keys  # compile + 4 train + 2 eval, once each
