@@ -25,16 +25,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from train_lib import loop, partitioning, state as state_lib, step  # noqa: E402
+from train_lib import ablate, loop, partitioning, state as state_lib, step  # noqa: E402
 
 
 def load_config(spec):
-  import importlib.util
-  path, _, arg = spec.partition(":")
-  module_spec = importlib.util.spec_from_file_location("bench_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg or None)
+  return ablate.load_config(spec, where="--config")
 
 
 def apply_overrides(config, overrides):
@@ -66,8 +61,7 @@ def matmul_peak_tflops(n=8192, reps=20):
 def bench_one(config, steps, warmup, profile_dir="", devices=None):
   s = loop.setup(config, devices)
   batch_sharding = partitioning.batch_sharding(s.mesh)
-  _, state = state_lib.create_sharded(s.model, s.tx, s.task, s.dummy_batch, config.seed, s.mesh,
-                                      s.rules)
+  state = state_lib.create(s.model, s.tx, s.task, s.dummy_batch, config.seed, s.state_sharding)
   fn = step.compile_train_step(s.model, s.task, s.tx, s.schedule, 1, s.state_sharding,
                                batch_sharding, s.rules)
   batch = s.data.next_train()

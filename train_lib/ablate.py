@@ -30,12 +30,12 @@ BASELINE = "baseline"
 FIELDS = ("baseline", "variants", "seeds", "proxy", "metric", "higher_is_better", "early_stop")
 
 
-def load_config(spec: str):
+def load_config(spec: str, where: str = "baseline.config"):
   """"path.py[:arg]" (relative to the working directory or the repository) -> ConfigDict."""
   path, _, arg = spec.partition(":")
   found = next((p for p in (path, os.path.join(REPO, path)) if os.path.isfile(p)), None)
   if found is None:
-    raise UserError(f"baseline.config: {path} not found; name a config file such as "
+    raise UserError(f"{where}: {path} not found; name a config file such as "
                     "configs/shakespeare_char.py")
   module_spec = importlib.util.spec_from_file_location("ablation_baseline", found)
   module = importlib.util.module_from_spec(module_spec)
@@ -43,7 +43,7 @@ def load_config(spec: str):
   try:
     return module.get_config(arg or None)
   except ValueError as e:
-    raise UserError(f"baseline.config {spec}: {e}") from None
+    raise UserError(f"{where} {spec}: {e}") from None
 
 
 def set_field(config, key: str, value, where: str):

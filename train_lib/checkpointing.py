@@ -49,8 +49,7 @@ def sharded_target(abstract_state, shardings):
 
 def keypath(path) -> str:
   """A pytree key path as "params/Dense_0/kernel"."""
-  return "/".join(str(next(getattr(k, a) for a in ("name", "key", "idx") if hasattr(k, a)))
-                  for k in path)
+  return jax.tree_util.keystr(path, simple=True, separator="/")
 
 
 def flatten(tree) -> dict:

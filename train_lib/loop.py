@@ -171,8 +171,8 @@ def _train(config, workdir: str, watchers) -> dict:
       logging.info("resumed from step %d in %s", latest, ckpt.directory)
       writers.console(f"resumed from checkpoint at step {latest}")
     else:
-      _, state = state_lib.create_sharded(s.model, s.tx, s.task, s.dummy_batch, config.seed,
-                                          s.mesh, s.rules)
+      state = state_lib.create(s.model, s.tx, s.task, s.dummy_batch, config.seed,
+                               s.state_sharding)
     writers.console(f"model {config.model.name}: {state_lib.num_params(state.params):,} "
                     f"parameters; {s.data.num_train:,} train / {s.data.num_eval:,} eval "
                     f"examples per epoch; mesh {dict(s.mesh.shape)}")

@@ -119,13 +119,10 @@ def describe(abstract_state, shardings) -> str:
   total = sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(
       abstract_state)) / 2**20
   per_device = bytes_per_device(abstract_state, shardings) / 2**20
+  mesh = dict(specs[0].mesh.shape)
   lines.append(f"total {total:,.1f} MB; per device {per_device:,.1f} MB "
-               f"({per_device / max(total, 1e-9):.1%}) on mesh {dict(shardings_mesh(shardings))}")
+               f"({per_device / max(total, 1e-9):.1%}) on mesh {mesh}")
   return "\n".join(lines)
-
-
-def shardings_mesh(shardings):
-  return jax.tree.leaves(shardings)[0].mesh.shape
 
 
 def check_batch(batch_size: int, mesh: Mesh, name: str):

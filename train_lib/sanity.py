@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from train_lib import capsule, loop, optim, partitioning, plots, state as state_lib, step
+from train_lib import capsule, checkpointing, loop, optim, partitioning, plots, state as state_lib, step
 from train_lib import writers
 from train_lib.errors import ChecksFailed, UserError
 
@@ -138,7 +138,7 @@ class Context:
     loss, stats = jax.device_get(self._probe_fn(state, batch))
     is_stats = lambda x: isinstance(x, dict) and "zero" in x
     leaves = jax.tree_util.tree_leaves_with_path(stats, is_leaf=is_stats)
-    return float(loss), {_path(p): v for p, v in leaves}
+    return float(loss), {checkpointing.keypath(p): v for p, v in leaves}
 
   @functools.cached_property
   def initial_probe(self):
@@ -318,7 +318,7 @@ def check_model(ctx) -> Check:
   rows, output = layer_rows(s.model, s.task, s.abstract_state, batch)
   sizes = {}
   for path, leaf in jax.tree_util.tree_leaves_with_path(s.abstract_state.params):
-    module = _path(path).rpartition("/")[0]
+    module = checkpointing.keypath(path).rpartition("/")[0]
     sizes[module] = sizes.get(module, 0) + math.prod(leaf.shape)
   under = lambda p: sum(n for m, n in sizes.items() if not p or m == p or m.startswith(p + "/"))
   table = [["  " * (p.count("/") + bool(p)) + (p.rpartition("/")[2] or "(model)"), kind, out,
@@ -533,10 +533,6 @@ def _to_host(x):
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
-def _path(keys) -> str:
-  return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in keys)
-
-
 def _shape(x) -> str:
   name = np.dtype(x.dtype).name
   return f"{DTYPE_NAMES.get(name, name)}[{','.join(map(str, x.shape))}]"
@@ -546,7 +542,7 @@ def _describe(tree) -> str:
   leaves = [(p, x) for p, x in jax.tree_util.tree_leaves_with_path(tree) if hasattr(x, "shape")]
   if len(leaves) == 1:
     return _shape(leaves[0][1])
-  parts = [f"{_path(p)}: {_shape(x)}" for p, x in leaves[:3]]
+  parts = [f"{checkpointing.keypath(p)}: {_shape(x)}" for p, x in leaves[:3]]
   return ", ".join(parts) + (", ..." if len(leaves) > 3 else "")
 
 

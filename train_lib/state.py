@@ -49,11 +49,15 @@ def abstract_state(model, tx, task, dummy_batch, seed: int, boxed: bool = False)
   return jax.eval_shape(init_fn(model, tx, task, dummy_batch, seed, boxed))
 
 
+def create(model, tx, task, dummy_batch, seed: int, shardings):
+  """The initial state, created directly in `shardings` (e.g. loop.Setup.state_sharding)."""
+  return jax.jit(init_fn(model, tx, task, dummy_batch, seed), out_shardings=shardings)()
+
+
 def create_sharded(model, tx, task, dummy_batch, seed: int, mesh, rules=()):
   boxed = abstract_state(model, tx, task, dummy_batch, seed, boxed=True)
   shardings = partitioning.state_sharding(mesh, boxed, rules)
-  init = init_fn(model, tx, task, dummy_batch, seed)
-  return shardings, jax.jit(init, out_shardings=shardings)()
+  return shardings, create(model, tx, task, dummy_batch, seed, shardings)
 
 
 def num_params(params) -> int:
