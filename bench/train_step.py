@@ -4,9 +4,12 @@
         --variant="baseline:model.attention_impl=xla,model.loss_chunk=0" \
         --variant="cudnn+chunked:model.attention_impl=cudnn,model.loss_chunk=128"
 
-One micro-batch per step (grad_accum_steps=1), the same device-resident batch every step
-(the input pipeline is measured by bench/input_pipeline.py). After --warmup steps it
-times --steps steps one by one (each synchronised) and reports the median. MFU is taken
+One micro-batch per step (grad_accum_steps=1; --accum=K: K micro-batches per optimizer step),
+the same device-resident batch every step (the input pipeline is measured by
+bench/input_pipeline.py). After --warmup steps it times --steps steps two ways: one by one,
+each synchronised ("synced ms", median), and in windows of --window steps launched back to
+back with one synchronisation per window, as the training loop runs them ("step ms",
+median window / window size; tokens/s and MFU use it). MFU is taken
 against the bf16 matmul peak measured in the same run (8192^3 products) and, in the last
 column, against the datasheet peak. FLOPs per token: 6N + 12*L*D*T (N without position
 embeddings), nanoGPT's formula. "mem GB" is XLA's compiled footprint of the step
@@ -58,11 +61,12 @@ def matmul_peak_tflops(n=8192, reps=20):
   return best
 
 
-def bench_one(config, steps, warmup, profile_dir="", devices=None):
+def bench_one(config, steps, warmup, profile_dir="", devices=None, window=5):
   s = loop.setup(config, devices)
   batch_sharding = partitioning.batch_sharding(s.mesh)
   state = state_lib.create(s.model, s.tx, s.task, s.dummy_batch, config.seed, s.state_sharding)
-  fn = step.compile_train_step(s.model, s.task, s.tx, s.schedule, 1, s.state_sharding,
+  fn = step.compile_train_step(s.model, s.task, s.tx, s.schedule,
+                               config.optim.grad_accum_steps, s.state_sharding,
                                batch_sharding, s.rules)
   batch = s.data.next_train()
   t = time.perf_counter()
@@ -76,13 +80,20 @@ def bench_one(config, steps, warmup, profile_dir="", devices=None):
   for _ in range(warmup):
     state, metrics = compiled(state, batch)
   jax.block_until_ready(metrics)
-  times = []
+  synced = []
   for _ in range(steps):
     t = time.perf_counter()
     state, metrics = compiled(state, batch)
     jax.block_until_ready(metrics)
-    times.append(time.perf_counter() - t)
-  step_s = statistics.median(times)
+    synced.append(time.perf_counter() - t)
+  windows = []
+  for _ in range(max(steps // window, 1)):
+    t = time.perf_counter()
+    for _ in range(window):
+      state, metrics = compiled(state, batch)
+    jax.block_until_ready(metrics)
+    windows.append((time.perf_counter() - t) / window)
+  step_s = statistics.median(windows)
   if profile_dir:  # a few more steps under the profiler; the timings above are untouched
     os.makedirs(profile_dir, exist_ok=True)
     with open(os.path.join(profile_dir, "step.hlo.txt"), "w") as f:
@@ -92,7 +103,8 @@ def bench_one(config, steps, warmup, profile_dir="", devices=None):
         state, metrics = compiled(state, batch)
       jax.block_until_ready(metrics)
   tokens = s.task.items_per_batch(config.data.batch_size)
-  return {"step_ms": step_s * 1e3, "tokens_per_sec": tokens / step_s,
+  return {"step_ms": step_s * 1e3, "synced_ms": statistics.median(synced) * 1e3,
+          "tokens_per_sec": tokens / step_s,
           "flops_per_token": loop.flops_per_item(s, state.params), "compile_s": compile_s,
           "memory_gb": mem_gb, "loss": float(metrics["loss"]),
           "params": state_lib.num_params(state.params)}
@@ -106,6 +118,9 @@ def main():
                       help="name:key=value,key=value (repeatable); none = the config as is")
   parser.add_argument("--steps", type=int, default=30)
   parser.add_argument("--warmup", type=int, default=5)
+  parser.add_argument("--window", type=int, default=5)
+  parser.add_argument("--accum", type=int, default=1,
+                      help="micro-batches per optimizer step (the config's own: 0)")
   parser.add_argument("--json", default="")
   parser.add_argument("--profile", default="",
                       help="directory: trace 3 more steps per variant (perfetto + HLO text); "
@@ -120,14 +135,16 @@ def main():
     for mb in map(int, args.micro_batches.split(",")):
       config = load_config(args.config)
       apply_overrides(config, overrides)
-      config.data.batch_size = mb
-      config.optim.grad_accum_steps = 1
+      accum = args.accum or config.optim.grad_accum_steps
+      config.data.batch_size = mb * accum
+      config.optim.grad_accum_steps = accum
       try:
         r = bench_one(config, args.steps, args.warmup,
-                      args.profile and os.path.join(args.profile, f"{name}_mb{mb}"))
+                      args.profile and os.path.join(args.profile, f"{name}_mb{mb}"),
+                      window=args.window)
       except Exception as e:  # e.g. out of memory: report and go on
         r = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"}
-      r.update(variant=name, micro_batch=mb)
+      r.update(variant=name, micro_batch=mb, accum=accum)
       if "tokens_per_sec" in r:
         r["mfu"] = r["tokens_per_sec"] * r["flops_per_token"] / (peak * 1e12)
       rows.append(r)
@@ -135,7 +152,7 @@ def main():
   dev = jax.devices()[0]
   print(f"\n{args.config} on {jax.device_count()}x {dev.device_kind}, jax {jax.__version__}; "
         f"bf16 matmul peak measured {peak:.0f} TFLOP/s (datasheet {sheet:.0f})")
-  print(f"{'variant':<28}{'mb':>4}{'step ms':>9}{'tokens/s':>11}{'MFU':>7}{'MFU sheet':>10}"
+  print(f"{'variant':<28}{'mb':>4}{'accum':>6}{'step ms':>9}{'synced ms':>10}{'tokens/s':>11}{'MFU':>7}{'MFU sheet':>10}"
         f"{'compile s':>10}{'mem GB':>8}")
   for r in rows:
     if "error" in r:
@@ -143,7 +160,8 @@ def main():
       continue
     sheet_mfu = r["tokens_per_sec"] * r["flops_per_token"] / (sheet * 1e12) if sheet else 0
     mem = f"{r['memory_gb']:.1f}" if r["memory_gb"] is not None else "-"
-    print(f"{r['variant']:<28}{r['micro_batch']:>4}{r['step_ms']:>9.1f}"
+    print(f"{r['variant']:<28}{r['micro_batch']:>4}{r['accum']:>6}{r['step_ms']:>9.1f}"
+          f"{r['synced_ms']:>10.1f}"
           f"{r['tokens_per_sec']:>11,.0f}{r['mfu']:>7.1%}{sheet_mfu:>10.1%}"
           f"{r['compile_s']:>10.1f}{mem:>8}")
   if args.json:

@@ -158,6 +158,7 @@ def transformer_model():
   model.position = "learned"    # learned | sinusoidal | rope | alibi | none
   model.rope_base = 10000.0
   model.norm = "layernorm"      # layernorm | rmsnorm
+  model.norm_impl = "auto"      # auto (Pallas LayerNorm on GPU where possible) | pallas | xla
   model.pre_norm = True
   model.activation = "gelu"     # gelu | relu | sq_relu | swiglu
   model.attention_impl = "auto"  # auto | cudnn | xla

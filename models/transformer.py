@@ -21,7 +21,7 @@ from models import register
 from models.layers.attention import Attention
 from models.layers.mlp import FeedForward
 from models.layers.named import named
-from models.layers.norm import make_norm
+from models.layers.norm import add_and_norm, make_norm
 
 POSITIONS = ("learned", "sinusoidal", "rope", "alibi", "none")
 # The residual stream's sharding: batch over the data axes, the rest whole (a no-op
@@ -49,6 +49,7 @@ class Block(nn.Module):
   mlp_dim: int
   activation: str
   norm: str
+  norm_impl: str
   pre_norm: bool
   position: str
   attention_impl: str
@@ -61,27 +62,34 @@ class Block(nn.Module):
   dtype: Any
 
   @nn.compact
-  def __call__(self, x_BxTxD, positions_BxT):
+  def __call__(self, carry, positions_BxT):
+    """carry = (x, delta): the residual stream and the last branch's output not yet added
+    to it; the add happens in the next norm (one kernel with the fused LayerNorm)."""
+    x_BxTxD, delta_BxTxD = carry
     init, out_init = nn.initializers.normal(0.02), nn.initializers.normal(self.residual_std)
-    norm = lambda name: make_norm(self.norm, dtype=self.dtype, use_bias=self.use_bias, name=name)
+    norm = lambda name: make_norm(self.norm, dtype=self.dtype, use_bias=self.use_bias,
+                                  name=name, implementation=self.norm_impl)
     drop = nn.Dropout(self.dropout, deterministic=not self.train)
+    attn = Attention(self.num_heads, self.num_kv_heads, self.head_dim, position=self.position,
+                     implementation=self.attention_impl, use_bias=self.use_bias,
+                     max_len=self.max_len, dtype=self.dtype, kernel_init=init,
+                     out_init=out_init, name="attn")
+    mlp = FeedForward(self.mlp_dim, self.activation, self.use_bias, self.dtype, init, out_init,
+                      name="mlp")
 
-    h = norm("attn_norm")(x_BxTxD) if self.pre_norm else x_BxTxD
-    h = Attention(self.num_heads, self.num_kv_heads, self.head_dim, position=self.position,
-                  implementation=self.attention_impl, use_bias=self.use_bias,
-                  max_len=self.max_len, dtype=self.dtype, kernel_init=init,
-                  out_init=out_init, name="attn")(h, positions_BxT, decode=self.decode)
-    x_BxTxD = x_BxTxD + drop(h)
-    if not self.pre_norm:
-      x_BxTxD = norm("attn_norm")(x_BxTxD)
-
-    h = norm("mlp_norm")(x_BxTxD) if self.pre_norm else x_BxTxD
-    h = FeedForward(self.mlp_dim, self.activation, self.use_bias, self.dtype, init, out_init,
-                    name="mlp")(h)
-    x_BxTxD = x_BxTxD + drop(h)
-    if not self.pre_norm:
-      x_BxTxD = norm("mlp_norm")(x_BxTxD)
-    return nn.with_logical_constraint(x_BxTxD, ACTIVATION), None
+    if self.pre_norm:
+      x_BxTxD, h = add_and_norm(norm("attn_norm"), x_BxTxD, delta_BxTxD)
+      h = attn(h, positions_BxT, decode=self.decode)
+      x_BxTxD, h = add_and_norm(norm("mlp_norm"), x_BxTxD, drop(h))
+      delta_BxTxD = drop(mlp(h))
+    else:
+      x_BxTxD = x_BxTxD + delta_BxTxD
+      x_BxTxD = norm("attn_norm")(x_BxTxD + drop(attn(x_BxTxD, positions_BxT,
+                                                        decode=self.decode)))
+      x_BxTxD = norm("mlp_norm")(x_BxTxD + drop(mlp(x_BxTxD)))
+      delta_BxTxD = jnp.zeros_like(x_BxTxD)
+    return (nn.with_logical_constraint(x_BxTxD, ACTIVATION),
+            nn.with_logical_constraint(delta_BxTxD, ACTIVATION)), None
 
 
 @register("transformer")
@@ -96,6 +104,7 @@ class Transformer(nn.Module):
   position: str = "learned"        # learned | sinusoidal | rope | alibi | none
   rope_base: float = 10000.0
   norm: str = "layernorm"          # layernorm | rmsnorm
+  norm_impl: str = "auto"          # auto (Pallas LayerNorm on GPU where possible) | pallas | xla
   pre_norm: bool = True
   activation: str = "gelu"         # gelu | relu | sq_relu | swiglu
   attention_impl: str = "auto"     # auto (cuDNN on GPU where possible) | cudnn | xla
@@ -146,7 +155,8 @@ class Transformer(nn.Module):
     block_args = dict(
         num_heads=self.num_heads, num_kv_heads=self.num_kv_heads or self.num_heads,
         head_dim=self.d_model // self.num_heads, mlp_dim=self.mlp_dim or 4 * self.d_model,
-        activation=self.activation, norm=self.norm, pre_norm=self.pre_norm,
+        activation=self.activation, norm=self.norm, norm_impl=self.norm_impl,
+        pre_norm=self.pre_norm,
         position=self.position if self.position in ("rope", "alibi") else "none",
         attention_impl=self.attention_impl, use_bias=self.use_bias, dropout=self.dropout,
         max_len=self.max_len, residual_std=residual_std, train=train, decode=decode,
@@ -154,18 +164,23 @@ class Transformer(nn.Module):
     block = Block
     if REMAT[self.remat] is not None and not decode:
       block = nn.remat(Block, policy=REMAT[self.remat], prevent_cse=not self.scan_layers)
+    carry = (x_BxTxD, jnp.zeros_like(x_BxTxD))
     if self.scan_layers:
-      x_BxTxD, _ = nn.scan(block, variable_axes={"params": 0, "cache": 0},
-                           split_rngs={"params": True, "dropout": True},
-                           in_axes=nn.broadcast, length=self.num_layers,
-                           metadata_params={nn.PARTITION_NAME: "layers"})(
-                               **block_args, name="layers")(x_BxTxD, positions)
+      carry, _ = nn.scan(block, variable_axes={"params": 0, "cache": 0},
+                         split_rngs={"params": True, "dropout": True},
+                         in_axes=nn.broadcast, length=self.num_layers,
+                         metadata_params={nn.PARTITION_NAME: "layers"})(
+                             **block_args, name="layers")(carry, positions)
     else:
       for i in range(self.num_layers):
-        x_BxTxD, _ = block(**block_args, name=f"layer_{i}")(x_BxTxD, positions)
+        carry, _ = block(**block_args, name=f"layer_{i}")(carry, positions)
+    x_BxTxD, delta_BxTxD = carry
     if self.pre_norm:
-      x_BxTxD = make_norm(self.norm, dtype=self.dtype, use_bias=self.use_bias,
-                          name="final_norm")(x_BxTxD)
+      _, x_BxTxD = add_and_norm(make_norm(self.norm, dtype=self.dtype, use_bias=self.use_bias,
+                                          name="final_norm", implementation=self.norm_impl),
+                                x_BxTxD, delta_BxTxD)
+    else:
+      x_BxTxD = x_BxTxD + delta_BxTxD
 
     if self.tie_embeddings:
       w_DxV = embed.embedding.T
@@ -196,18 +211,60 @@ def lookup(table_VxD, ids):
   return jnp.take(table_VxD, ids, axis=0)
 
 
+def _online_max_sumexp(x):
+  """(max, sum(exp(x - max))) over the last axis in one pass over x: a variadic reduction
+  whose combiner rescales the running sum when the running max grows."""
+  def combine(a, b):
+    (m1, s1), (m2, s2) = a, b
+    big, small = jnp.maximum(m1, m2), jnp.minimum(m1, m2)
+    # One exp per combine; two empty partial results (max -inf) combine to an empty one.
+    scaled = jnp.exp(jnp.where(big > -jnp.inf, small - big, 0.0))
+    return big, jnp.where(m1 >= m2, s1 + s2 * scaled, s2 + s1 * scaled)
+  x = x.astype(jnp.float32)
+  return jax.lax.reduce((x, jnp.ones_like(x)), (-jnp.inf, jnp.float32(0)), combine,
+                        (x.ndim - 1,))
+
+
+@jax.custom_vjp
+def logsumexp_and_max(logits):
+  """Float32 logsumexp and max over the last axis, reading the logits once (jax's
+  logsumexp reads them twice: a max, then a sum of exponentials); differentiable in the
+  logsumexp, the max is a statistic."""
+  m, s = _online_max_sumexp(logits)
+  return m + jnp.log(s), m
+
+
+def _lse_fwd(logits):
+  lse, m = logsumexp_and_max(logits)
+  return (lse, m), (logits, lse)
+
+
+def _lse_bwd(res, g):
+  logits, lse = res
+  g_lse, _ = g
+  p = jnp.exp(logits.astype(jnp.float32) - lse[..., None])   # softmax, one fused pass
+  return ((p * g_lse[..., None]).astype(logits.dtype),)
+
+
+logsumexp_and_max.defvjp(_lse_fwd, _lse_bwd)
+
+
 def _head_loss(h_BxCxD, w_DxV, targets_BxC):
   # Logits are stored in the compute dtype (bf16 under mixed precision, as in PyTorch's
   # autocast); the softmax statistics are taken in float32.
   logits_BxCxV = jnp.einsum("bcd,dv->bcv", h_BxCxD, w_DxV)
-  lse_BxC = jax.nn.logsumexp(logits_BxCxV.astype(jnp.float32), axis=-1)
+  lse_BxC, max_BxC = logsumexp_and_max(logits_BxCxV)
   # The target's logit from its own column of the head, not from a further pass over the
   # [B,C,V] logits; rounded to the logits' dtype so that nll >= 0 holds.
   w_BxCxD = lookup(w_DxV.T, targets_BxC)
   target_logit_BxC = jnp.einsum("bcd,bcd->bc", h_BxCxD.astype(jnp.float32),
                                 w_BxCxD.astype(jnp.float32))
   target_logit_BxC = target_logit_BxC.astype(logits_BxCxV.dtype).astype(jnp.float32)
-  correct_BxC = (logits_BxCxV.argmax(-1) == targets_BxC).astype(jnp.float32)
+  # Correct: the target's own logit (a gather, no pass over the logits) is the maximum.
+  # Unlike argmax, a target tied for the maximum counts as correct.
+  picked_BxC = jnp.take_along_axis(jax.lax.stop_gradient(logits_BxCxV),
+                                   targets_BxC[..., None], axis=-1)[..., 0]
+  correct_BxC = (picked_BxC.astype(jnp.float32) >= max_BxC).astype(jnp.float32)
   return lse_BxC - target_logit_BxC, correct_BxC
 
 

@@ -43,6 +43,15 @@ def test_transformer_sharded_matches_one_device(tfds_dir, one_device_losses, nam
   assert spec[1] == ("tensor" if MESHES[name].get("tensor", 1) > 1 else None)
 
 
+def test_pallas_layer_norm_sharded_matches_one_device(tfds_dir, one_device_losses):
+  """The fused LayerNorm runs per shard of rows (shard_map); the scale's gradient is summed
+  over the shards."""
+  config = tiny_transformer(tfds_dir, data=2, fsdp=2, tensor=2)
+  config.model.norm_impl = "pallas"
+  losses, _ = run_steps(config, 4)
+  np.testing.assert_allclose(losses, one_device_losses, rtol=1e-5)
+
+
 def test_fsdp_holds_an_eighth_of_the_state_per_device(tfds_dir):
   s = loop.setup(tiny_transformer(tfds_dir, data=1, fsdp=8))
   per_device = partitioning.bytes_per_device(s.abstract_state, s.state_sharding)

@@ -5,6 +5,7 @@
 gated activations (swiglu) use two input projections (Shazeer, 2020).
 """
 
+import math
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -13,8 +14,40 @@ import jax.numpy as jnp
 
 from models.layers.named import named
 
+_C = math.sqrt(2 / math.pi)
+
+
+def _gelu_parts(x):
+  x = x.astype(jnp.float32)
+  t = jnp.tanh(_C * (x + 0.044715 * x**3))
+  return x, t
+
+
+@jax.custom_vjp
+def gelu_tanh(x):
+  """GPT-2's tanh GELU, computed in float32. Its gradient is recomputed from x alone, so
+  the forward pass writes only the output (autodiff would also store tanh's value: one
+  more [tokens, 4D] array written and read per layer)."""
+  x32, t = _gelu_parts(x)
+  return (0.5 * x32 * (1 + t)).astype(x.dtype)
+
+
+def _gelu_fwd(x):
+  return gelu_tanh(x), x
+
+
+def _gelu_bwd(x, g):
+  # The barrier keeps XLA from sharing tanh's value with the forward pass, which would
+  # store it (in float32) instead of recomputing it.
+  x32, t = _gelu_parts(jax.lax.optimization_barrier(x))
+  d = 0.5 * (1 + t) + 0.5 * x32 * (1 - t * t) * _C * (1 + 3 * 0.044715 * x32 * x32)
+  return ((g.astype(jnp.float32) * d).astype(x.dtype),)
+
+
+gelu_tanh.defvjp(_gelu_fwd, _gelu_bwd)
+
 ACTIVATIONS = {
-    "gelu": lambda x: jax.nn.gelu(x, approximate=True),   # GPT-2's tanh form
+    "gelu": gelu_tanh,                                    # GPT-2's tanh form
     "relu": jax.nn.relu,
     "sq_relu": lambda x: jnp.square(jax.nn.relu(x)),      # So et al., 2021
     "swiglu": jax.nn.silu,                                # gated: silu(xW) * xV
