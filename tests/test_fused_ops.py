@@ -98,9 +98,9 @@ def test_pallas_layer_norm_matches_flax_with_gradients(shape, dtype):
     close(a, b, **tol)
 
 
-@pytest.mark.parametrize("scan", [False, True])
-def test_transformer_with_pallas_norm_matches_xla_norm(scan):
-  kw = dict(vocab_size=64, num_layers=2, num_heads=2, d_model=32, max_len=16, scan_layers=scan)
+def test_transformer_with_pallas_norm_matches_xla_norm():
+  # scanned layers here; unscanned ones (the GPT-2 config's) in test_partitioning's mesh test
+  kw = dict(vocab_size=64, num_layers=2, num_heads=2, d_model=32, max_len=16, scan_layers=True)
   tokens = jax.random.randint(jax.random.PRNGKey(0), (2, 9), 0, 64)
   params = Transformer(**kw).init(jax.random.PRNGKey(1), tokens[:, :-1])["params"]
 
