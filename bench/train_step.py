@@ -152,8 +152,8 @@ def main():
   dev = jax.devices()[0]
   print(f"\n{args.config} on {jax.device_count()}x {dev.device_kind}, jax {jax.__version__}; "
         f"bf16 matmul peak measured {peak:.0f} TFLOP/s (datasheet {sheet:.0f})")
-  print(f"{'variant':<28}{'mb':>4}{'accum':>6}{'step ms':>9}{'synced ms':>10}{'tokens/s':>11}{'MFU':>7}{'MFU sheet':>10}"
-        f"{'compile s':>10}{'mem GB':>8}")
+  print(f"{'variant':<28}{'mb':>4}{'accum':>6}{'step ms':>9}{'synced ms':>10}{'tokens/s':>11}"
+        f"{'MFU':>7}{'MFU sheet':>10}{'compile s':>10}{'mem GB':>8}")
   for r in rows:
     if "error" in r:
       print(f"{r['variant']:<28}{r['micro_batch']:>4}  {r['error']}")
