@@ -161,6 +161,7 @@ def transformer_model():
   model.norm_impl = "auto"      # auto (Pallas LayerNorm on GPU where possible) | pallas | xla
   model.pre_norm = True
   model.activation = "gelu"     # gelu | relu | sq_relu | swiglu
+  model.loss_impl = "auto"      # auto (Pallas softmax statistics on GPU) | pallas | xla
   model.attention_impl = "auto"  # auto | cudnn | xla
   model.tie_embeddings = True
   model.use_bias = False

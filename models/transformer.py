@@ -9,6 +9,7 @@ With targets, the output head and cross-entropy run fused over chunks of
 `loss_chunk` positions (rematerialised), so the [B,T,V] logits never exist whole.
 """
 
+import functools
 import math
 from typing import Any, Optional
 
@@ -18,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from models import register
+from models.layers import fused_softmax, kernels
 from models.layers.attention import Attention
 from models.layers.mlp import FeedForward
 from models.layers.named import named
@@ -107,6 +109,7 @@ class Transformer(nn.Module):
   norm_impl: str = "auto"          # auto (Pallas LayerNorm on GPU where possible) | pallas | xla
   pre_norm: bool = True
   activation: str = "gelu"         # gelu | relu | sq_relu | swiglu
+  loss_impl: str = "auto"          # auto (Pallas softmax statistics on GPU) | pallas | xla
   attention_impl: str = "auto"     # auto (cuDNN on GPU where possible) | cudnn | xla
   tie_embeddings: bool = True
   use_bias: bool = False
@@ -189,7 +192,10 @@ class Transformer(nn.Module):
                          (self.d_model, self.vocab_size))
     if targets is None:
       return jnp.einsum("btd,dv->btv", x_BxTxD, w_DxV.astype(self.dtype)).astype(jnp.float32)
-    return fused_head_loss(x_BxTxD, w_DxV.astype(self.dtype), targets, self.loss_chunk)
+    loss_impl = kernels.choose("loss_impl", self.loss_impl, fits=True, needs="",
+                               dtype=self.dtype, split_axes=("vocab",))
+    return fused_head_loss(x_BxTxD, w_DxV.astype(self.dtype), targets, self.loss_chunk,
+                           loss_impl)
 
   def flops_per_token(self, num_params: int, seq_len: int) -> float:
     """Training FLOPs per token: 6N (N without position embeddings) + 12 L D T (attention)."""
@@ -225,21 +231,25 @@ def _online_max_sumexp(x):
                         (x.ndim - 1,))
 
 
-@jax.custom_vjp
-def logsumexp_and_max(logits):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def logsumexp_and_max(logits, impl: str = "xla"):
   """Float32 logsumexp and max over the last axis, reading the logits once (jax's
   logsumexp reads them twice: a max, then a sum of exponentials); differentiable in the
-  logsumexp, the max is a statistic."""
-  m, s = _online_max_sumexp(logits)
+  logsumexp, the max is a statistic. impl "pallas": fused_softmax's kernel."""
+  if impl == "pallas":
+    fn = lambda x: fused_softmax.max_sumexp(x, kernels.interpret())
+    m, s = kernels.over_rows(fn, logits)
+  else:
+    m, s = _online_max_sumexp(logits)
   return m + jnp.log(s), m
 
 
-def _lse_fwd(logits):
-  lse, m = logsumexp_and_max(logits)
+def _lse_fwd(logits, impl):
+  lse, m = logsumexp_and_max(logits, impl)
   return (lse, m), (logits, lse)
 
 
-def _lse_bwd(res, g):
+def _lse_bwd(impl, res, g):
   logits, lse = res
   g_lse, _ = g
   p = jnp.exp(logits.astype(jnp.float32) - lse[..., None])   # softmax, one fused pass
@@ -249,11 +259,11 @@ def _lse_bwd(res, g):
 logsumexp_and_max.defvjp(_lse_fwd, _lse_bwd)
 
 
-def _head_loss(h_BxCxD, w_DxV, targets_BxC):
+def _head_loss(h_BxCxD, w_DxV, targets_BxC, impl="xla"):
   # Logits are stored in the compute dtype (bf16 under mixed precision, as in PyTorch's
   # autocast); the softmax statistics are taken in float32.
   logits_BxCxV = jnp.einsum("bcd,dv->bcv", h_BxCxD, w_DxV)
-  lse_BxC, max_BxC = logsumexp_and_max(logits_BxCxV)
+  lse_BxC, max_BxC = logsumexp_and_max(logits_BxCxV, impl)
   # The target's logit from its own column of the head, not from a further pass over the
   # [B,C,V] logits; rounded to the logits' dtype so that nll >= 0 holds.
   w_BxCxD = lookup(w_DxV.T, targets_BxC)
@@ -268,16 +278,16 @@ def _head_loss(h_BxCxD, w_DxV, targets_BxC):
   return lse_BxC - target_logit_BxC, correct_BxC
 
 
-def fused_head_loss(h_BxTxD, w_DxV, targets_BxT, chunk: int):
+def fused_head_loss(h_BxTxD, w_DxV, targets_BxT, chunk: int, impl: str = "xla"):
   """Per-position NLL and correctness; with chunk > 0 over rematerialised T-chunks
   (an unrolled loop: XLA schedules it better than a scan)."""
   B, T, D = h_BxTxD.shape
   if not chunk or chunk >= T:
-    nll, correct = _head_loss(h_BxTxD, w_DxV, targets_BxT)
+    nll, correct = _head_loss(h_BxTxD, w_DxV, targets_BxT, impl)
     return {"nll": nll, "correct": correct}
   if T % chunk:
     raise ValueError(f"loss_chunk={chunk} must divide the sequence length {T}")
-  piece = jax.checkpoint(_head_loss)
+  piece = jax.checkpoint(functools.partial(_head_loss, impl=impl))
   parts = [piece(h_BxTxD[:, i:i + chunk], w_DxV, targets_BxT[:, i:i + chunk])
            for i in range(0, T, chunk)]
   return {"nll": jnp.concatenate([p[0] for p in parts], axis=1),

@@ -1,6 +1,7 @@
 """The train step's hand-written pieces against the plain jax/flax they replace: values
-and gradients of the one-pass logsumexp, the recomputing GELU and the Pallas LayerNorm
-(run by Pallas' interpreter on CPU: the same kernel code that the GPU compiles)."""
+and gradients of the one-pass logsumexp (XLA and Pallas), the recomputing GELU and the
+Pallas LayerNorm (the kernels run in Pallas' interpreter on CPU: the same kernel code that
+the GPU compiles)."""
 
 import flax.linen as nn
 import jax
@@ -8,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from models.layers import fused_norm
+from models.layers import fused_norm, fused_softmax
 from models.layers.mlp import gelu_tanh
 from models.layers.norm import choose_implementation
 from models.transformer import Transformer, fused_head_loss, logsumexp_and_max
@@ -31,13 +32,30 @@ def test_logsumexp_and_max_match_jax_with_gradients(dtype):
   close(grad, ref, rtol=1e-2 if dtype == jnp.bfloat16 else 1e-5, atol=1e-6)
 
 
-def test_logsumexp_and_max_with_masked_entries_and_an_empty_row():
-  logits = jax.random.normal(jax.random.PRNGKey(0), (4, 300))
+@pytest.mark.parametrize("impl", ["xla", "pallas"])
+def test_logsumexp_and_max_with_masked_entries_and_an_empty_row(impl):
+  logits = jax.random.normal(jax.random.PRNGKey(0), (11, 3000)) * 4
   logits = logits.at[:, ::3].set(-jnp.inf).at[2].set(-jnp.inf)     # row 2: all masked
-  lse, m = logsumexp_and_max(logits)
+  logits = logits.at[5, :2048].set(-jnp.inf)                        # row 5: first block empty
+  lse, m = logsumexp_and_max(logits, impl)
   close(lse, jax.nn.logsumexp(logits, -1), rtol=1e-6)
   close(m, logits.max(-1), rtol=0)
   assert np.isneginf(lse[2]) and np.isfinite(np.delete(np.asarray(lse), 2)).all()
+  if impl == "pallas":  # 4 rows per program (11 is not a multiple); blocks of 1024 columns
+    m2, s2 = fused_softmax.max_sumexp(logits, True, rows=4, cols=1024)
+    close(m2, m, rtol=0)
+    close(m2 + jnp.log(s2), lse, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_pallas_softmax_statistics_match_xla_with_gradients(dtype):
+  logits = (jax.random.normal(jax.random.PRNGKey(0), (2, 7, 5000)) * 6).astype(dtype)
+  w = jax.random.normal(jax.random.PRNGKey(1), (2, 7))
+  for a, b in zip(logsumexp_and_max(logits, "pallas"), logsumexp_and_max(logits, "xla")):
+    close(a, b, rtol=1e-6)
+  loss = lambda impl: lambda l: (logsumexp_and_max(l, impl)[0] * w).sum()
+  close(jax.grad(loss("pallas"))(logits), jax.grad(loss("xla"))(logits),
+        rtol=1e-2 if dtype == jnp.bfloat16 else 2e-5, atol=1e-9)   # bf16: one rounding
 
 
 def test_head_loss_nll_and_correct_match_a_plain_softmax():
@@ -98,14 +116,14 @@ def test_pallas_layer_norm_matches_flax_with_gradients(shape, dtype):
     close(a, b, **tol)
 
 
-def test_transformer_with_pallas_norm_matches_xla_norm():
+def test_transformer_with_pallas_kernels_matches_xla():
   # scanned layers here; unscanned ones (the GPT-2 config's) in test_partitioning's mesh test
   kw = dict(vocab_size=64, num_layers=2, num_heads=2, d_model=32, max_len=16, scan_layers=True)
   tokens = jax.random.randint(jax.random.PRNGKey(0), (2, 9), 0, 64)
   params = Transformer(**kw).init(jax.random.PRNGKey(1), tokens[:, :-1])["params"]
 
   def loss_and_grads(impl):
-    model = Transformer(**kw, norm_impl=impl)
+    model = Transformer(**kw, norm_impl=impl, loss_impl=impl)
     loss = lambda p: model.apply({"params": p}, tokens[:, :-1], targets=tokens[:, 1:])["nll"]
     return jax.value_and_grad(lambda p: loss(p).mean())(params)
   (l1, g1), (l2, g2) = loss_and_grads("xla"), loss_and_grads("pallas")

@@ -43,11 +43,11 @@ def test_transformer_sharded_matches_one_device(tfds_dir, one_device_losses, nam
   assert spec[1] == ("tensor" if MESHES[name].get("tensor", 1) > 1 else None)
 
 
-def test_pallas_layer_norm_sharded_matches_one_device(tfds_dir, one_device_losses):
-  """The fused LayerNorm runs per shard of rows (shard_map); the scale's gradient is summed
-  over the shards."""
+def test_pallas_kernels_sharded_match_one_device(tfds_dir, one_device_losses):
+  """The Pallas LayerNorm and softmax statistics run per shard of rows (shard_map); the
+  norm scale's gradient is summed over the shards."""
   config = tiny_transformer(tfds_dir, data=2, fsdp=2, tensor=2)
-  config.model.norm_impl = "pallas"
+  config.model.update(norm_impl="pallas", loss_impl="pallas")
   losses, _ = run_steps(config, 4)
   np.testing.assert_allclose(losses, one_device_losses, rtol=1e-5)
 

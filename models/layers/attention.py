@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from models.layers import kernels
 from models.layers.named import named
 
 IMPLEMENTATIONS = ("auto", "cudnn", "xla")
@@ -27,9 +28,7 @@ def choose_implementation(requested: str, dtype, head_dim: int, has_bias: bool) 
     raise ValueError(f"attention_impl {requested!r} unknown; use one of {IMPLEMENTATIONS}")
   if requested != "auto":
     return requested
-  cudnn_ok = (jax.devices()[0].platform == "gpu" and
-              jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and
-              head_dim % 8 == 0 and head_dim <= 128 and not has_bias)
+  cudnn_ok = kernels.gpu_16bit(dtype) and head_dim % 8 == 0 and head_dim <= 128 and not has_bias
   return "cudnn" if cudnn_ok else "xla"
 
 

@@ -10,28 +10,17 @@ parameters are flax's either way ({"scale"}), so checkpoints move between the tw
 from typing import Any
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
-from jax.sharding import PartitionSpec as P
 
-from models.layers import fused_norm
+from models.layers import fused_norm, kernels
 
 NORMS = ("layernorm", "rmsnorm")
-IMPLEMENTATIONS = ("auto", "pallas", "xla")
 
 
 def choose_implementation(requested: str, kind: str, dtype, use_bias: bool) -> str:
-  if requested not in IMPLEMENTATIONS:
-    raise ValueError(f"norm_impl {requested!r} unknown; use one of {IMPLEMENTATIONS}")
-  fits = kind == "layernorm" and not use_bias
-  if requested == "pallas" and not fits:
-    raise ValueError(f"norm_impl='pallas' is a LayerNorm without bias; got norm={kind!r}, "
-                     f"use_bias={use_bias}: use norm_impl='xla' or 'auto'")
-  if requested != "auto":
-    return requested
-  gpu_16bit = (jax.devices()[0].platform == "gpu" and
-               jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16))
-  return "pallas" if fits and gpu_16bit else "xla"
+  return kernels.choose("norm_impl", requested, fits=kind == "layernorm" and not use_bias,
+                        needs=f"a LayerNorm without bias (got norm={kind!r}, "
+                              f"use_bias={use_bias})", dtype=dtype)
 
 
 class FusedLayerNorm(nn.Module):
@@ -44,21 +33,14 @@ class FusedLayerNorm(nn.Module):
   @nn.compact
   def __call__(self, x, delta=None):
     scale = self.param("scale", nn.initializers.ones, (x.shape[-1],))
-    interpret = jax.devices()[0].platform != "gpu"   # Pallas' interpreter elsewhere (tests)
-    args = (x.astype(self.dtype),) + (() if delta is None else (delta.astype(self.dtype),))
+    interpret = kernels.interpret()
     if delta is None:
       fn = lambda x, scale: fused_norm.layer_norm(x, scale, self.epsilon, interpret)
-    else:
-      fn = lambda x, delta, scale: fused_norm.add_layer_norm(x, delta, scale, self.epsilon,
-                                                             interpret)
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty or mesh.size == 1:
-      return fn(*args, scale)
-    leading = tuple(nn.logical_to_mesh_axes(("batch", "length", None)[-x.ndim:]))
-    spec = P(*leading[:-1], None)
-    outs = spec if delta is None else (spec, spec)
-    return jax.shard_map(fn, mesh=mesh, in_specs=(spec,) * len(args) + (P(),),
-                         out_specs=outs, check_vma=False)(*args, scale)
+      return kernels.over_rows(fn, x.astype(self.dtype), whole=(scale,))
+    fn = lambda x, delta, scale: fused_norm.add_layer_norm(x, delta, scale, self.epsilon,
+                                                           interpret)
+    return kernels.over_rows(fn, x.astype(self.dtype), delta.astype(self.dtype),
+                             whole=(scale,))
 
 
 def add_and_norm(norm, x, delta):
