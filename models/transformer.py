@@ -236,6 +236,8 @@ def logsumexp_and_max(logits, impl: str = "xla"):
   """Float32 logsumexp and max over the last axis, reading the logits once (jax's
   logsumexp reads them twice: a max, then a sum of exponentials); differentiable in the
   logsumexp, the max is a statistic. impl "pallas": fused_softmax's kernel."""
+  if impl not in ("pallas", "xla"):
+    raise ValueError(f"logsumexp_and_max: impl {impl!r} unknown; use 'pallas' or 'xla'")
   if impl == "pallas":
     fn = lambda x: fused_softmax.max_sumexp(x, kernels.interpret())
     m, s = kernels.over_rows(fn, logits)

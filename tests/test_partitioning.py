@@ -52,6 +52,23 @@ def test_pallas_kernels_sharded_match_one_device(tfds_dir, one_device_losses):
   np.testing.assert_allclose(losses, one_device_losses, rtol=1e-5)
 
 
+def test_pallas_kernels_keep_rows_whole_where_the_mesh_does_not_divide_them():
+  """A micro-batch of 2 rows on data x fsdp = 4: the kernels run on whole rows (as the
+  partitioner replicates such a dimension) instead of failing in shard_map."""
+  import flax.linen as nn
+  import jax.numpy as jnp
+  from models.transformer import logsumexp_and_max
+  mesh = jax.make_mesh((2, 2, 2), partitioning.AXES)
+  logits = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 300))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  fn = jax.jit(lambda x: logsumexp_and_max(x, "pallas")[0], in_shardings=replicated)
+  with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(
+      base.get_config().mesh.rules):
+    lse = fn(logits)
+  np.testing.assert_allclose(lse, jax.nn.logsumexp(logits, -1), rtol=1e-6)
+  assert jnp.shape(lse) == (2, 5)
+
+
 def test_fsdp_holds_an_eighth_of_the_state_per_device(tfds_dir):
   s = loop.setup(tiny_transformer(tfds_dir, data=1, fsdp=8))
   per_device = partitioning.bytes_per_device(s.abstract_state, s.state_sharding)

@@ -4,9 +4,11 @@
     y = over_rows(kernel_fn, x, whole=(scale,))      # per device's rows under a mesh
 
 "auto" picks a kernel on a GPU for 16-bit compute when the model's shape fits it and the
-mesh does not split the dimensions it needs whole; off the GPU the kernels run in Pallas'
+mesh does not split the axes named in split_axes; off the GPU the kernels run in Pallas'
 interpreter (tests).
 """
+
+import math
 
 import flax.linen as nn
 import jax
@@ -48,20 +50,30 @@ def choose(name: str, requested: str, *, fits: bool, needs: str, dtype,
   return "pallas" if fits and gpu_16bit(dtype) and not is_split(split_axes) else "xla"
 
 
-def _row_spec(x):
-  lead = tuple(nn.logical_to_mesh_axes(("batch", "length")))
-  return P(*lead, *([None] * (x.ndim - 2)))
+def _lead_spec(shape) -> tuple:
+  """Mesh axes of the leading (batch, length) dimensions, as the rules split them; a
+  dimension the mesh does not divide stays whole (as partitioning.spec_for does)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  names = ("batch", "length")[:len(shape) - 1]          # the last axis stays whole
+  lead = []
+  for size, axes in zip(shape, nn.logical_to_mesh_axes(names)):
+    group = [a for a in (axes if isinstance(axes, tuple) else (axes,)) if a is not None]
+    ways = math.prod(mesh.shape[a] for a in group)
+    lead.append(axes if group and size % ways == 0 else None)
+  return tuple(lead)
 
 
 def over_rows(fn, *args, whole=()):
   """fn(*args, *whole), run per shard of rows under a mesh of more than one device: args
-  and outputs are [batch, length, ...] activations, split as the rules split batch and
-  length; `whole` (weights) is gathered whole on every device. Without a mesh (or with
-  one device) fn is called as it is."""
+  are [batch, (length,) ...] activations split as the rules split batch and length (where
+  the mesh divides them); outputs share args' leading dimensions; `whole` (weights) is
+  gathered whole on every device. Without a mesh (or with one device) fn is called as it
+  is."""
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty or mesh.size == 1:
     return fn(*args, *whole)
+  lead = _lead_spec(args[0].shape)
+  spec = lambda x: P(*lead, *([None] * (x.ndim - len(lead))))
   out = jax.eval_shape(fn, *args, *whole)
-  return jax.shard_map(fn, mesh=mesh,
-                       in_specs=tuple(map(_row_spec, args)) + (P(),) * len(whole),
-                       out_specs=jax.tree.map(_row_spec, out), check_vma=False)(*args, *whole)
+  return jax.shard_map(fn, mesh=mesh, in_specs=tuple(map(spec, args)) + (P(),) * len(whole),
+                       out_specs=jax.tree.map(spec, out), check_vma=False)(*args, *whole)
