@@ -19,6 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 
+from bench import table  # noqa: E402
 from bench.train_step import apply_overrides, bench_one, load_config, matmul_peak_tflops  # noqa: E402
 
 
@@ -54,15 +55,15 @@ def main():
   print(f"\n{args.config} on {dev.device_kind}, jax {jax.__version__}; {rows[0]['params']:,} "
         f"parameters; per-device micro-batch {args.per_device_batch}; bf16 matmul peak "
         f"measured {peak:.0f} TFLOP/s per device")
-  print(f"{'devices':>8} {'mesh':<8}{'step ms':>9}{'tokens/s':>12}{'MFU':>7}{'scaling':>9}"
-        f"{'mem GB':>8}")
-  for r in rows:
-    mem = f"{r['memory_gb']:.1f}" if r["memory_gb"] is not None else "-"
-    print(f"{r['devices']:>8} {r['mesh']:<8}{r['step_ms']:>9.1f}{r['tokens_per_sec']:>12,.0f}"
-          f"{r['mfu']:>7.1%}{r['tokens_per_sec'] / (base * r['devices']):>9.1%}{mem:>8}")
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump({"peak_tflops": peak, "device": dev.device_kind, "rows": rows}, f, indent=1)
+  mem = lambda r: f"{r['memory_gb']:.1f}" if r["memory_gb"] is not None else "-"
+  table.print_table([
+      ("devices", 8, lambda r: r["devices"]), (" mesh", -9, lambda r: f" {r['mesh']}"),
+      ("step ms", 9, lambda r: f"{r['step_ms']:.1f}"),
+      ("tokens/s", 12, lambda r: f"{r['tokens_per_sec']:,.0f}"),
+      ("MFU", 7, lambda r: f"{r['mfu']:.1%}"),
+      ("scaling", 9, lambda r: f"{r['tokens_per_sec'] / (base * r['devices']):.1%}"),
+      ("mem GB", 8, mem)], rows)
+  table.write_json(args.json, peak, dev.device_kind, rows)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
+from bench import table  # noqa: E402
 from train_lib import ablate, loop, partitioning, state as state_lib, step  # noqa: E402
 
 
@@ -152,21 +153,16 @@ def main():
   dev = jax.devices()[0]
   print(f"\n{args.config} on {jax.device_count()}x {dev.device_kind}, jax {jax.__version__}; "
         f"bf16 matmul peak measured {peak:.0f} TFLOP/s (datasheet {sheet:.0f})")
-  print(f"{'variant':<28}{'mb':>4}{'accum':>6}{'step ms':>9}{'synced ms':>10}{'tokens/s':>11}"
-        f"{'MFU':>7}{'MFU sheet':>10}{'compile s':>10}{'mem GB':>8}")
-  for r in rows:
-    if "error" in r:
-      print(f"{r['variant']:<28}{r['micro_batch']:>4}  {r['error']}")
-      continue
-    sheet_mfu = r["tokens_per_sec"] * r["flops_per_token"] / (sheet * 1e12) if sheet else 0
-    mem = f"{r['memory_gb']:.1f}" if r["memory_gb"] is not None else "-"
-    print(f"{r['variant']:<28}{r['micro_batch']:>4}{r['accum']:>6}{r['step_ms']:>9.1f}"
-          f"{r['synced_ms']:>10.1f}"
-          f"{r['tokens_per_sec']:>11,.0f}{r['mfu']:>7.1%}{sheet_mfu:>10.1%}"
-          f"{r['compile_s']:>10.1f}{mem:>8}")
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump({"peak_tflops": peak, "device": dev.device_kind, "rows": rows}, f, indent=1)
+  mem = lambda r: f"{r['memory_gb']:.1f}" if r["memory_gb"] is not None else "-"
+  sheet_mfu = lambda r: r["tokens_per_sec"] * r["flops_per_token"] / (sheet * 1e12) if sheet else 0
+  table.print_table([
+      ("variant", -28, lambda r: r["variant"]), ("mb", 4, lambda r: r["micro_batch"]),
+      ("accum", 6, lambda r: r["accum"]), ("step ms", 9, lambda r: f"{r['step_ms']:.1f}"),
+      ("synced ms", 10, lambda r: f"{r['synced_ms']:.1f}"),
+      ("tokens/s", 11, lambda r: f"{r['tokens_per_sec']:,.0f}"),
+      ("MFU", 7, lambda r: f"{r['mfu']:.1%}"), ("MFU sheet", 10, lambda r: f"{sheet_mfu(r):.1%}"),
+      ("compile s", 10, lambda r: f"{r['compile_s']:.1f}"), ("mem GB", 8, mem)], rows, 2)
+  table.write_json(args.json, peak, dev.device_kind, rows)
 
 
 if __name__ == "__main__":

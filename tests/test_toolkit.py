@@ -300,3 +300,16 @@ def test_ablation_configs_are_configs(path):
   for arg in (None, "runlocal"):
     plan = ablate.Plan(importlib.import_module(f"configs.ablations.{name}").get_config(arg))
     assert len(plan.configs) > 1 and plan.check_step
+
+
+def test_bench_table_aligns_columns_and_reports_errors(capsys, tmp_path):
+  from bench import table
+  rows = [{"name": "a", "tps": 1234.5}, {"name": "bb", "error": "OOM"}]
+  table.print_table([("name", -6, lambda r: r["name"]),
+                     ("tokens/s", 10, lambda r: f"{r['tps']:,.0f}")], rows)
+  assert capsys.readouterr().out.splitlines() == [
+      "name    tokens/s", "a          1,234", "bb      OOM"]
+  table.write_json(str(tmp_path / "r.json"), 800.0, "GPU", rows, torch="2.11")
+  assert json.load(open(tmp_path / "r.json")) == {
+      "peak_tflops": 800.0, "device": "GPU", "torch": "2.11", "rows": rows}
+  table.write_json("", 800.0, "GPU", rows)   # no path: nothing written, no error
