@@ -162,7 +162,7 @@ def main():
       ("tokens/s", 11, lambda r: f"{r['tokens_per_sec']:,.0f}"),
       ("MFU", 7, lambda r: f"{r['mfu']:.1%}"), ("MFU sheet", 10, lambda r: f"{sheet_mfu(r):.1%}"),
       ("compile s", 10, lambda r: f"{r['compile_s']:.1f}"), ("mem GB", 8, mem)], rows, 2)
-  table.write_json(args.json, peak, dev.device_kind, rows)
+  table.write_json(args.json, peak, dev.device_kind, rows, jax=jax.__version__)
 
 
 if __name__ == "__main__":

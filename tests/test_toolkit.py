@@ -304,12 +304,16 @@ def test_ablation_configs_are_configs(path):
 
 def test_bench_table_aligns_columns_and_reports_errors(capsys, tmp_path):
   from bench import table
-  rows = [{"name": "a", "tps": 1234.5}, {"name": "bb", "error": "OOM"}]
-  table.print_table([("name", -6, lambda r: r["name"]),
-                     ("tokens/s", 10, lambda r: f"{r['tps']:,.0f}")], rows)
+  rows = [{"name": "a", "mb": 64, "tps": 1234.5}, {"name": "bb", "mb": 128, "error": "OOM"}]
+  columns = [("name", -6, lambda r: r["name"]), ("mb", 4, lambda r: r["mb"]),
+             ("tokens/s", 10, lambda r: f"{r['tps']:,.0f}")]
+  table.print_table(columns, rows)
+  table.print_table(columns, rows, label_columns=2)
   assert capsys.readouterr().out.splitlines() == [
-      "name    tokens/s", "a          1,234", "bb      OOM"]
+      "name    mb  tokens/s", "a       64     1,234", "bb      OOM",
+      "name    mb  tokens/s", "a       64     1,234", "bb     128  OOM"]
   table.write_json(str(tmp_path / "r.json"), 800.0, "GPU", rows, torch="2.11")
-  assert json.load(open(tmp_path / "r.json")) == {
-      "peak_tflops": 800.0, "device": "GPU", "torch": "2.11", "rows": rows}
+  with open(tmp_path / "r.json") as f:
+    assert json.load(f) == {"peak_tflops": 800.0, "device": "GPU", "torch": "2.11",
+                            "rows": rows}
   table.write_json("", 800.0, "GPU", rows)   # no path: nothing written, no error
