@@ -55,14 +55,13 @@ def main():
   print(f"\n{args.config} on {dev.device_kind}, jax {jax.__version__}; {rows[0]['params']:,} "
         f"parameters; per-device micro-batch {args.per_device_batch}; bf16 matmul peak "
         f"measured {peak:.0f} TFLOP/s per device")
-  mem = lambda r: f"{r['memory_gb']:.1f}" if r["memory_gb"] is not None else "-"
   table.print_table([
       ("devices", 8, lambda r: r["devices"]), (" mesh", -9, lambda r: f" {r['mesh']}"),
       ("step ms", 9, lambda r: f"{r['step_ms']:.1f}"),
       ("tokens/s", 12, lambda r: f"{r['tokens_per_sec']:,.0f}"),
       ("MFU", 7, lambda r: f"{r['mfu']:.1%}"),
       ("scaling", 9, lambda r: f"{r['tokens_per_sec'] / (base * r['devices']):.1%}"),
-      ("mem GB", 8, mem)], rows)
+      ("mem GB", 8, table.memory_gb)], rows)
   table.write_json(args.json, peak, dev.device_kind, rows)
 
 

@@ -3,6 +3,7 @@
     print_table([("variant", -28, lambda r: r["variant"]), ("tokens/s", 11,
                  lambda r: f"{r['tokens_per_sec']:,.0f}")], rows, label_columns=1)
     write_json(path, peak, device_name, rows)
+    rows.append({"error": error(exc)})      # a failed row: the exception's first line
 
 A column is (header, width, cell): a negative width aligns left. A row with an "error"
 prints its first label_columns cells, then the error.
@@ -13,6 +14,14 @@ import json
 
 def _cell(text, width):
   return f"{text:<{-width}}" if width < 0 else f"{text:>{width}}"
+
+
+def error(exc, limit=120) -> str:
+  return f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:limit]}"
+
+
+def memory_gb(r) -> str:
+  return f"{r['memory_gb']:.1f}" if r["memory_gb"] is not None else "-"
 
 
 def print_table(columns, rows, label_columns=1):

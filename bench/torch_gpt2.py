@@ -7,9 +7,10 @@ Needs PyTorch with CUDA (not in requirements.txt: only this script uses it). The
 written here from the GPT-2 paper's shape, as nanoGPT builds it: learned positions, pre-norm
 LayerNorm without bias, one fused q/k/v projection, causal scaled_dot_product_attention
 (PyTorch picks its kernel), tied embeddings, vocabulary 50304, no dropout. The MLP's GELU
-is the tanh form, as in Whetstone's config (nanoGPT uses the exact one). The step: bf16 autocast over float32 parameters, `torch.compile` of the model,
-fused AdamW (lr 6e-4, betas 0.9/0.95, weight decay 0.1 on matrices), gradient clipping at
-1.0, --accum micro-batches per optimizer step. Timing follows train_step.py: a warm-up
+is the tanh form, as in Whetstone's config (nanoGPT uses the exact one). The step: bf16
+autocast over float32 parameters, `torch.compile` of the model, fused AdamW (lr 6e-4,
+betas 0.9/0.95, weight decay 0.1 on matrices), gradient clipping at 1.0, --accum
+micro-batches per optimizer step. Timing follows train_step.py: a warm-up
 (the compile is its first step), then windows of --window steps with one synchronisation
 each, median window / window size; MFU with the same 6N + 12 L D T FLOPs per token against
 a bf16 8192^3 matmul peak measured here.
@@ -161,7 +162,7 @@ def main():
                   not args.no_compile)
         r["mfu"] = r["tokens_per_sec"] * r["flops_per_token"] / (peak * 1e12)
       except Exception as e:  # e.g. out of memory: report and go on
-        r = {"error": f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:100]}"}
+        r = {"error": table.error(e)}
       torch.cuda.empty_cache()
       torch.cuda.reset_peak_memory_stats()
       r.update(micro_batch=mb, accum=accum)
@@ -176,7 +177,7 @@ def main():
       ("tokens/s", 11, lambda r: f"{r['tokens_per_sec']:,.0f}"),
       ("MFU", 7, lambda r: f"{r['mfu']:.1%}"),
       ("1st step s", 11, lambda r: f"{r['first_step_s']:.1f}"),
-      ("mem GB", 8, lambda r: f"{r['memory_gb']:.1f}")], rows, 2)
+      ("mem GB", 8, table.memory_gb)], rows, 2)
   table.write_json(args.json, peak, name, rows, torch=torch.__version__)
 
 

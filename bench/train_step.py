@@ -144,7 +144,7 @@ def main():
                       args.profile and os.path.join(args.profile, f"{name}_mb{mb}"),
                       window=args.window)
       except Exception as e:  # e.g. out of memory: report and go on
-        r = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"}
+        r = {"error": table.error(e)}
       r.update(variant=name, micro_batch=mb, accum=accum)
       if "tokens_per_sec" in r:
         r["mfu"] = r["tokens_per_sec"] * r["flops_per_token"] / (peak * 1e12)
@@ -153,7 +153,6 @@ def main():
   dev = jax.devices()[0]
   print(f"\n{args.config} on {jax.device_count()}x {dev.device_kind}, jax {jax.__version__}; "
         f"bf16 matmul peak measured {peak:.0f} TFLOP/s (datasheet {sheet:.0f})")
-  mem = lambda r: f"{r['memory_gb']:.1f}" if r["memory_gb"] is not None else "-"
   sheet_mfu = lambda r: r["tokens_per_sec"] * r["flops_per_token"] / (sheet * 1e12) if sheet else 0
   table.print_table([
       ("variant", -28, lambda r: r["variant"]), ("mb", 4, lambda r: r["micro_batch"]),
@@ -161,7 +160,8 @@ def main():
       ("synced ms", 10, lambda r: f"{r['synced_ms']:.1f}"),
       ("tokens/s", 11, lambda r: f"{r['tokens_per_sec']:,.0f}"),
       ("MFU", 7, lambda r: f"{r['mfu']:.1%}"), ("MFU sheet", 10, lambda r: f"{sheet_mfu(r):.1%}"),
-      ("compile s", 10, lambda r: f"{r['compile_s']:.1f}"), ("mem GB", 8, mem)], rows, 2)
+      ("compile s", 10, lambda r: f"{r['compile_s']:.1f}"),
+      ("mem GB", 8, table.memory_gb)], rows, 2)
   table.write_json(args.json, peak, dev.device_kind, rows, jax=jax.__version__)
 
 

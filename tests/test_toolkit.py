@@ -317,3 +317,7 @@ def test_bench_table_aligns_columns_and_reports_errors(capsys, tmp_path):
     assert json.load(f) == {"peak_tflops": 800.0, "device": "GPU", "torch": "2.11",
                             "rows": rows}
   table.write_json("", 800.0, "GPU", rows)   # no path: nothing written, no error
+  assert table.error(ValueError("first line\nsecond")) == "ValueError: first line"
+  assert table.error(RuntimeError()) == "RuntimeError: "
+  assert table.error(ValueError("x" * 200), limit=5) == "ValueError: xxxxx"
+  assert [table.memory_gb({"memory_gb": m}) for m in (None, 32.66)] == ["-", "32.7"]
