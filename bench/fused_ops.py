@@ -23,7 +23,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from models.layers import fused_norm, fused_softmax  # noqa: E402
-from models.transformer import _online_max_sumexp  # noqa: E402
+from models.layers.head_loss import _online_max_sumexp  # noqa: E402
 
 
 def time_ms(fn, *args, reps=10):

@@ -102,6 +102,11 @@ def get_config():
   config.eval = ml_collections.ConfigDict()
   config.eval.step = -1                # --mode=eval and sample: -1 = newest checkpoint
 
+  # Evaluators (train_lib/evaluators/): label -> {name, every (-1: at train.eval_every and
+  # the end; 0: only at the end; N: every N steps), the evaluator's own fields}.
+  config.evals = ml_collections.ConfigDict()
+  config.evals.loss = ml_collections.ConfigDict({"name": "loss", "every": -1})  # held-out task metrics
+
   config.sample = ml_collections.ConfigDict()   # --mode=sample (language models)
   config.sample.prompt = "\n"
   config.sample.max_new_tokens = 500
@@ -170,4 +175,5 @@ def transformer_model():
   model.scan_layers = True
   model.remat = "none"          # none | full | dots | dots_no_batch
   model.loss_chunk = 0          # fused head+loss chunk (positions); 0 = whole logits
+  model.causal = True           # False: bidirectional attention (an encoder: task mlm)
   return model

@@ -6,19 +6,25 @@
       ...
     state = data.train_iter.get_state()  # goes into the checkpoint
 
+A data source is a file here that registers a Data class under its names
+(`@register("shakespeare")`), or user code named "package.module:Name".
+
 The order of training examples depends only on the seed, never on the number of
 processes or devices: global batch i holds the same examples however it is split.
 """
 
-from input_pipeline import images, text
-from input_pipeline.base import Data, DataError  # noqa: F401
+import plugins
+from input_pipeline import images
+from input_pipeline.base import REGISTRY, Data, DataError, register  # noqa: F401
 from input_pipeline.images import open_source, read_batch  # noqa: F401
 
-TEXT_DATASETS = ("shakespeare", "text", "synthetic_tokens")
+REGISTRY.fallback = images.catalogue   # any other name: a prepared TFDS dataset
 
 
 def build(config, *, seed: int, sharding, eval_sharding=None) -> Data:
-  if config.name in TEXT_DATASETS:
-    return text.TextData(config, seed, sharding, eval_sharding)
-  return images.ImageData(config, images.open_source(config, seed), seed, sharding,
-                          eval_sharding)
+  """config.data.name: a registered source, "package.module:Name" or "path/file.py:Name"."""
+  try:
+    source = REGISTRY.resolve(config.name)
+  except plugins.PluginError as e:
+    raise DataError(str(e)) from None
+  return source(config, seed, sharding, eval_sharding)

@@ -13,9 +13,17 @@ import grain
 import jax
 import numpy as np
 
+import plugins
+
 
 class DataError(ValueError):
   """A dataset that cannot be read; the message says where the files should be."""
+
+
+# config.data.name -> a Data class or function (config, seed, sharding, eval_sharding) -> Data.
+# A name nobody registered is looked up in the TFDS catalogue (images.catalogue).
+REGISTRY = plugins.Registry("data source", "input_pipeline")
+register = REGISTRY.register
 
 
 def tfds_dir(config) -> str:
@@ -137,9 +145,20 @@ class Data:
   def next_train(self):
     return self.to_global(next(self.train_iter))
 
-  def eval_batches(self):
-    """Every eval example exactly once; the last global batch is padded (mask 0)."""
-    ds = grain.MapDataset.range(0, self.num_eval_batches).map(self.eval_batch)
+  def eval_batches(self, split: str = "eval", limit: int = 0):
+    """Every example of the eval split exactly once; the last global batch is padded
+    (mask 0). split="train": the train split the same way, in order and unaugmented
+    (for evaluators such as a linear probe), where the loader offers it; `limit` > 0
+    stops after that many examples."""
+    if split == "eval":
+      count, read = self.num_eval, self.eval_batch
+    elif split == "train" and hasattr(self, "ordered_train_batch"):
+      count, read = self.num_train, self.ordered_train_batch
+    else:
+      raise DataError(f"data {self.config.name!r} cannot read its {split!r} split in order")
+    count = min(count, limit) if limit else count
+    num = math.ceil(count / self.config.eval_batch_size)
+    ds = grain.MapDataset.range(0, num).map(lambda j: read(j, count))
     for batch in ds.to_iter_dataset(self._read_options()):
       yield self.to_global(batch, self.eval_sharding)
 

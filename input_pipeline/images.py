@@ -12,7 +12,8 @@ import jax
 import numpy as np
 
 from input_pipeline import builders
-from input_pipeline.base import Data, DataError, epoch_positions, open_split, prepare, tfds_dir
+from input_pipeline.base import Data, DataError, epoch_positions, open_split, prepare, register
+from input_pipeline.base import tfds_dir
 
 
 class SyntheticSource:
@@ -193,11 +194,26 @@ class ImageData(Data):
       images = np.where(flips[:, None, None, None], images[:, :, ::-1], images)
     return images
 
-  def eval_batch(self, j: int) -> dict:
+  def eval_batch(self, j: int, count: int = 0) -> dict:
     """This process's rows of eval batch j; rows past the end are padding with mask 0."""
+    return self._ordered_batch(self.eval_source, j, count or self.num_eval)
+
+  def ordered_train_batch(self, j: int, count: int = 0) -> dict:
+    """Batch j of the train split in its stored order, unaugmented, padded like eval."""
+    return self._ordered_batch(self.train_source, j, count or self.num_train)
+
+  def _ordered_batch(self, source, j: int, count: int) -> dict:
     positions = self.local_positions(j, self.config.eval_batch_size, self.local_eval_batch)
-    valid = positions < self.num_eval
-    batch = read_batch(self.eval_source, np.where(valid, positions, 0))
+    valid = positions < count
+    batch = read_batch(source, np.where(valid, positions, 0))
     return {"image": self._normalize(batch["image"]),
             "label": np.where(valid, batch["label"], 0).astype(np.int32),
             "mask": valid.astype(np.float32)}
+
+
+@register("digits")
+@register("fashion_mnist")
+@register("synthetic")
+def catalogue(config, seed: int, sharding, eval_sharding=None) -> ImageData:
+  """An image dataset by name: digits, fashion_mnist, synthetic or a prepared TFDS name."""
+  return ImageData(config, open_source(config, seed), seed, sharding, eval_sharding)

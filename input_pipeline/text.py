@@ -17,7 +17,8 @@ import os
 import numpy as np
 
 from input_pipeline import builders
-from input_pipeline.base import Data, DataError, epoch_positions, open_split, prepare, tfds_dir
+from input_pipeline.base import Data, DataError, epoch_positions, open_split, prepare, register
+from input_pipeline.base import tfds_dir
 
 SHAKESPEARE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpora", "shakespeare")
 
@@ -59,6 +60,9 @@ def load_corpus(config):
   return out["train"], out["validation"]
 
 
+@register("shakespeare")
+@register("text")
+@register("synthetic_tokens")
 class TextData(Data):
   bytes_per_token = 1
 
@@ -105,18 +109,19 @@ class TextData(Data):
     tokens = self.train_tokens[starts[:, None] + np.arange(T + 1)]
     return {"tokens": tokens.astype(np.int32)}
 
-  def eval_batch(self, j: int) -> dict:
-    T = self.seq_len
+  def eval_batch(self, j: int, count: int = 0) -> dict:
+    """Held-out windows of batch j (of the first `count`, default all); padding mask 0."""
+    T, count = self.seq_len, count or self.num_eval
     windows = self.local_positions(j, self.config.eval_batch_size, self.local_eval_batch)
     if self.eval_tokens is None:
       rng = np.random.default_rng((self.seed, 3))
       tokens = rng.integers(0, self.vocab_size, (self.num_eval, T + 1), dtype=np.int32)
-      valid = windows < self.num_eval
+      valid = windows < count
       return {"tokens": tokens[np.where(valid, windows, 0)],
               "mask": np.repeat(valid[:, None], T, 1).astype(np.float32)}
     n = len(self.eval_tokens)
     positions = windows[:, None] * T + np.arange(T + 1)            # [L, T+1]
-    in_range = (positions < n) & (windows[:, None] < self.num_eval)
+    in_range = (positions < n) & (windows[:, None] < count)
     tokens = np.where(in_range, self.eval_tokens[np.minimum(positions, n - 1)], 0)
     # target t (= position t+1) counts once if it exists and its window is in range
     mask = in_range[:, 1:]

@@ -12,7 +12,8 @@ import pytest
 from models.layers import fused_norm, fused_softmax
 from models.layers.mlp import gelu_tanh
 from models.layers.norm import choose_implementation
-from models.transformer import Transformer, fused_head_loss, logsumexp_and_max
+from models.layers.head_loss import fused_head_loss, logsumexp_and_max
+from models.transformer import Transformer
 
 
 def close(a, b, **tol):
@@ -64,11 +65,11 @@ def test_head_loss_nll_and_correct_match_a_plain_softmax():
   logits = jnp.einsum("btd,dv->btv", h, w)
   t = jnp.where(jax.random.bernoulli(jax.random.PRNGKey(2), 0.5, (2, 16)), logits.argmax(-1),
                 jax.random.randint(jax.random.PRNGKey(3), (2, 16), 0, 50))
-  out = fused_head_loss(h, w, t, 0)
+  nll, correct = fused_head_loss(h, w, t, 0)
   ref_nll = -jnp.take_along_axis(jax.nn.log_softmax(logits), t[..., None], -1)[..., 0]
-  close(out["nll"], ref_nll, rtol=1e-5, atol=1e-5)
-  np.testing.assert_array_equal(out["correct"], (logits.argmax(-1) == t).astype(np.float32))
-  assert 0 < float(out["correct"].mean()) < 1
+  close(nll, ref_nll, rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(correct, (logits.argmax(-1) == t).astype(np.float32))
+  assert 0 < float(correct.mean()) < 1
 
 
 def test_gelu_tanh_matches_jax_with_gradients():
@@ -124,7 +125,8 @@ def test_transformer_with_pallas_kernels_matches_xla():
 
   def loss_and_grads(impl):
     model = Transformer(**kw, norm_impl=impl, loss_impl=impl)
-    loss = lambda p: model.apply({"params": p}, tokens[:, :-1], targets=tokens[:, 1:])["nll"]
+    loss = lambda p: model.apply({"params": p}, tokens[:, :-1], tokens[:, 1:],
+                                 method="fused_nll")[0]
     return jax.value_and_grad(lambda p: loss(p).mean())(params)
   (l1, g1), (l2, g2) = loss_and_grads("xla"), loss_and_grads("pallas")
   close(l2, l1, rtol=1e-6)

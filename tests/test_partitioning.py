@@ -57,7 +57,7 @@ def test_pallas_kernels_keep_rows_whole_where_the_mesh_does_not_divide_them():
   partitioner replicates such a dimension) instead of failing in shard_map."""
   import flax.linen as nn
   import jax.numpy as jnp
-  from models.transformer import logsumexp_and_max
+  from models.layers.head_loss import logsumexp_and_max
   mesh = jax.make_mesh((2, 2, 2), partitioning.AXES)
   logits = jax.random.normal(jax.random.PRNGKey(0), (2, 5, 300))
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())

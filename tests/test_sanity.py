@@ -131,12 +131,16 @@ def test_main_sanity_exits_1_and_names_the_failing_check(tmp_path, tfds_dir):
 def test_output_the_task_cannot_score_is_named():
   from types import SimpleNamespace
   import numpy as np
-  image = SimpleNamespace(data=SimpleNamespace(num_classes=10))
+  from train_lib.tasks.classification import Classification
+  from train_lib.tasks.lm import LanguageModeling
+  task_config = SimpleNamespace(label_smoothing=0.0)
+  image = Classification(task_config, SimpleNamespace(num_classes=10), None)
   batch = {"label": np.zeros(4, np.int32)}
-  assert sanity._check_output(image, batch, np.zeros((4, 10))) == ""
-  assert "needs logits of shape (4, 10)" in sanity._check_output(image, batch, np.zeros((4, 1)))
-  text = SimpleNamespace(data=SimpleNamespace(num_classes=None))
+  assert image.check_output(np.zeros((4, 10)), batch) == ""
+  assert "needs logits of shape (4, 10)" in image.check_output(np.zeros((4, 1)), batch)
+  data = SimpleNamespace(vocab_size=256, bytes_per_token=1, seq_len=8)
+  text = LanguageModeling(task_config, data, SimpleNamespace(vocab_size=256))
   batch = {"tokens": np.zeros((2, 9), np.int32)}
-  good = {"nll": np.zeros((2, 8)), "correct": np.zeros((2, 8)), "extra": np.zeros(3)}
-  assert sanity._check_output(text, batch, good) == ""
-  assert "{nll, correct} of shape (2, 8)" in sanity._check_output(text, batch, np.zeros((2, 8)))
+  assert text.check_output((np.zeros((2, 8)), np.zeros((2, 8))), batch) == ""
+  assert text.check_output(np.zeros((2, 8, 256)), batch) == ""
+  assert "(nll, correct) of shape (2, 8)" in text.check_output(np.zeros((2, 8)), batch)

@@ -11,7 +11,8 @@ import optax
 import pytest
 
 from models.layers.attention import Attention, alibi_slopes, choose_implementation, rope
-from models.transformer import Transformer, fused_head_loss
+from models.layers.head_loss import fused_head_loss
+from models.transformer import Transformer
 
 
 def numpy_attention(q, k, v, causal=True, kv_len=None, bias=None):
@@ -120,15 +121,15 @@ def test_initial_loss_is_near_log_vocabulary(vocab):
   model = Transformer(**{**SMALL, "vocab_size": vocab, "d_model": 64})
   tokens = jax.random.randint(jax.random.PRNGKey(0), (4, 17), 0, vocab)
   params = model.init(jax.random.PRNGKey(1), tokens[:, :-1])["params"]
-  out = model.apply({"params": params}, tokens[:, :-1], targets=tokens[:, 1:])
-  assert abs(float(out["nll"].mean()) / np.log(vocab) - 1) < 0.1
+  nll, _ = model.apply({"params": params}, tokens[:, :-1], tokens[:, 1:], method="fused_nll")
+  assert abs(float(nll.mean()) / np.log(vocab) - 1) < 0.1
 
 
 def test_fused_chunked_loss_matches_full_logits_with_gradients():
   h = jax.random.normal(jax.random.PRNGKey(0), (2, 16, 8))
   w = jax.random.normal(jax.random.PRNGKey(1), (8, 50))
   t = jax.random.randint(jax.random.PRNGKey(2), (2, 16), 0, 50)
-  loss = lambda h, w, c: fused_head_loss(h, w, t, c)["nll"].mean()
+  loss = lambda h, w, c: fused_head_loss(h, w, t, c)[0].mean()
   for chunk in (4, 8):
     np.testing.assert_allclose(loss(h, w, chunk), loss(h, w, 0), rtol=1e-6)
     g_chunk, g_full = jax.grad(loss, (0, 1))(h, w, chunk), jax.grad(loss, (0, 1))(h, w, 0)
@@ -146,9 +147,10 @@ def train_steps(model, steps=30, lr=3e-3, same_batch=True, seed=0):
   @jax.jit
   def step(params, opt, tokens, i):
     def loss_fn(p):
-      out = model.apply({"params": p}, tokens[:, :-1], targets=tokens[:, 1:], train=True,
-                        rngs={"dropout": jax.random.fold_in(jax.random.PRNGKey(3), i)})
-      return out["nll"].mean()
+      nll, _ = model.apply({"params": p}, tokens[:, :-1], tokens[:, 1:], train=True,
+                           rngs={"dropout": jax.random.fold_in(jax.random.PRNGKey(3), i)},
+                           method="fused_nll")
+      return nll.mean()
     loss, grads = jax.value_and_grad(loss_fn)(params)
     updates, opt = tx.update(grads, opt, params)
     return optax.apply_updates(params, updates), opt, loss
@@ -192,7 +194,7 @@ def test_every_switch_trains(combo):
 @pytest.mark.parametrize("vocab", [64, 4096])
 def test_lookup_matches_take_with_gradients(vocab):
   # One-hot matmul below ONE_HOT_VOCAB, gather above: the same values and gradients.
-  from models.transformer import lookup
+  from models.layers.head_loss import lookup
   table = jax.random.normal(jax.random.PRNGKey(0), (vocab, 8))
   ids = jax.random.randint(jax.random.PRNGKey(1), (3, 5), 0, vocab)
   g = jax.random.normal(jax.random.PRNGKey(2), (3, 5, 8))

@@ -1,6 +1,6 @@
 """Loss curves read for the patterns practitioners check by hand, during and after a run.
 
-    doctor = diagnosis.Doctor(workdir, num_steps, "test", chance_loss(data, model))
+    doctor = diagnosis.Doctor(workdir, num_steps, "test", task.initial_loss())
     doctor(step, "train", {"loss": 0.31})   # at every logged point; prints new findings
     doctor.finish()                         # a last look; writes workdir/diagnosis.json
     findings = diagnosis.diagnose(train, evals, num_steps)   # [(step, loss)] -> [dict]
@@ -57,12 +57,6 @@ PLATEAU_AFTER = 0.25   # of the run's steps before a plateau is called during tr
 NEAR = 0.10            # "near the initial loss": within this fraction of it
 
 
-def chance_loss(data, model=None):
-  """Cross-entropy of a uniform guess over the model's outputs: the loss a run starts near."""
-  n = getattr(model, "vocab_size", None) or data.num_classes or data.vocab_size
-  return math.log(n) if n else None
-
-
 def _finding(kind, step, summary):
   likely, fixes = ADVICE[kind]
   return {"kind": kind, "step": int(step), "summary": summary, "likely": likely, "try": fixes}
@@ -100,7 +94,7 @@ def _divergence(train, initial_loss):
   if initial_loss and min(losses[-2:]) > 3 * initial_loss:
     return [_finding("divergence", train[-1][0],
                      f"train loss {losses[-1]:.4g} is over 3x the initial "
-                     f"{initial_loss:.4g} (a uniform guess)")]
+                     f"{initial_loss:.4g} (the loss the task expects at initialisation)")]
   if len(train) < 3:
     return []
   first, best_i = losses[0], min(range(len(losses)), key=losses.__getitem__)

@@ -21,7 +21,9 @@ from absl import logging
 import input_pipeline
 import models
 from train_lib import capsule, checkpointing, optim, partitioning, state as state_lib, step
-from train_lib import config_reads, diagnosis, distributed, guards, plots, tasks, writers
+from train_lib import config_reads, diagnosis, distributed, guards, metrics as metrics_lib
+from train_lib import evaluators, plots, tasks
+from train_lib import writers
 from train_lib.errors import Diverged, Preempted, UserError
 
 DTYPES = {"float32": "float32", "bfloat16": "bfloat16"}
@@ -39,6 +41,7 @@ class Setup:
   state_sharding: Any
   dummy_batch: Any
   rules: Any             # config.mesh.rules: logical axis name -> mesh axes
+  seed: int = 0
 
 
 def setup(config, devices=None) -> Setup:
@@ -71,7 +74,7 @@ def setup(config, devices=None) -> Setup:
                          dtype=getattr(jax.numpy, DTYPES[config.dtype]))
   except (models.ModelError, TypeError) as e:
     raise UserError(str(e)) from None
-  task = tasks.build(config.task, data)
+  task = tasks.build(config.task, data, model)
   _check_model_fits_data(model, data)
   tx, schedule = optim.build(config.optim, config.train.num_steps)
   dummy = data.dummy_batch()
@@ -81,7 +84,7 @@ def setup(config, devices=None) -> Setup:
     raise UserError(f"model {config.model.name!r}: {e}") from None
   rules = tuple(config.mesh.rules)
   return Setup(mesh, data, model, task, tx, schedule, nn.meta.unbox(boxed),
-               partitioning.state_sharding(mesh, boxed, rules), dummy, rules)
+               partitioning.state_sharding(mesh, boxed, rules), dummy, rules, config.seed)
 
 
 def _check_model_fits_data(model, data):
@@ -132,16 +135,18 @@ def prepare_workdir(workdir: str) -> str:
   return workdir
 
 
-def _evaluate(s: Setup, eval_step, state) -> dict:
-  total = None
-  for batch in s.data.eval_batches():
-    sums = eval_step(state, batch)
-    total = sums if total is None else jax.tree.map(np.add, total, sums)
-  total = jax.device_get(total)
-  expected = s.data.eval_count()
-  if int(total["count"]) != expected:
-    raise AssertionError(f"evaluated {total['count']} items, expected {expected}")
-  return {**s.task.summarize(total), "num_examples": int(total["count"])}
+def progress_line(task, current: int, num_steps: int, means: dict) -> str:
+  """The console's line per log interval: the loss, the task's console metrics, speed."""
+  parts = [f"step {current}/{num_steps}", f"loss {means['loss']:.4f}"]
+  parts += [f"{k} {means[k]:.3f}" for k in task.console if k in means]
+  sps = means["steps_per_sec"]
+  items = means[f"{task.unit}_per_sec"]
+  parts += [f"{sps:.1f} steps/s", f"{items:,.0f} tok/s" if task.unit == "tokens"
+            else f"{items:.0f} ex/s"]
+  if "mfu" in means:
+    parts.append(f"MFU {means['mfu']:.1%}")
+  parts.append(f"ETA {writers.format_eta((num_steps - current) / sps)}")
+  return " | ".join(parts)
 
 
 def train(config, workdir: str, watchers=()) -> dict:
@@ -158,10 +163,9 @@ def _train(config, workdir: str, watchers) -> dict:
   capsule.write(workdir, config)
   tc = config.train
   doctor = diagnosis.Doctor(workdir, tc.num_steps, config.data.eval_split,
-                            diagnosis.chance_loss(s.data, s.model))
+                            s.task.initial_loss())
   batch_sharding = partitioning.batch_sharding(s.mesh)
-  eval_step = step.compile_eval_step(s.model, s.task, s.state_sharding, batch_sharding,
-                                       s.rules)
+  evals = evaluators.Suite(config, s, workdir)
   ckpt = checkpointing.Checkpointer(workdir, tc)
   writer = writers.Writer(workdir)
   try:
@@ -179,13 +183,13 @@ def _train(config, workdir: str, watchers) -> dict:
     start = int(state.step)
     result = None
     if start < tc.num_steps:
-      result = _train_loop(config, s, state, ckpt, writer, eval_step, batch_sharding, start,
+      result = _train_loop(config, s, state, ckpt, writer, evals, batch_sharding, start,
                            [doctor, *watchers])
     else:
       writers.console(f"already trained to step {start}; evaluating")
     if result is None:  # already trained: `state` is the newest checkpoint, restored above
       result = {"step": start, "split": config.data.eval_split,
-                **_evaluate(s, eval_step, state)}
+                **evals.run(state, start, final=True)}
     ckpt.close()
   except Diverged:
     ckpt.wait()  # the last good checkpoint commits before the run stops
@@ -236,9 +240,9 @@ class StopSignals:
       signal.signal(sig, handler)
 
 
-def _train_loop(config, s, state, ckpt, writer, eval_step, batch_sharding, start, watchers):
+def _train_loop(config, s, state, ckpt, writer, evals, batch_sharding, start, watchers):
   with StopSignals() as stop:
-    return _train_steps(config, s, state, ckpt, writer, eval_step, batch_sharding, start,
+    return _train_steps(config, s, state, ckpt, writer, evals, batch_sharding, start,
                         stop, watchers)
 
 
@@ -258,7 +262,7 @@ def _screen(guard, pending, last_saved, watchers):
     raise
 
 
-def _train_steps(config, s, state, ckpt, writer, eval_step, batch_sharding, start, stop,
+def _train_steps(config, s, state, ckpt, writer, evals, batch_sharding, start, stop,
                  watchers):
   tc = config.train
   train_step = step.compile_train_step(s.model, s.task, s.tx, s.schedule,
@@ -288,7 +292,8 @@ def _train_steps(config, s, state, ckpt, writer, eval_step, batch_sharding, star
     if current % tc.log_every == 0 or last:
       screened, pending = screened + _screen(guard, pending, last_saved, watchers), []
     if (current % tc.log_every == 0 or last) and screened:
-      means = {k: float(np.mean([m[k] for m in screened])) for k in screened[0]}
+      means = {k: float((np.max if s.task.metrics.get(k) == metrics_lib.MAX else np.mean)(
+          [m[k] for m in screened])) for k in screened[0]}
       screened = []
       if guard.skipped:
         means["skipped_steps"] = len(guard.skipped)
@@ -300,15 +305,10 @@ def _train_steps(config, s, state, ckpt, writer, eval_step, batch_sharding, star
       if flops and peak:
         means["mfu"] = items * flops / peak
       writer.write(current, "train", means)
-      speed = f"{items:,.0f} tok/s" if s.task.unit == "tokens" else f"{items:.0f} ex/s"
-      mfu = f" | MFU {means['mfu']:.1%}" if "mfu" in means else ""
-      writers.console(
-          f"step {current}/{tc.num_steps} | loss {means['loss']:.4f} | "
-          f"acc {means['accuracy']:.3f} | {sps:.1f} steps/s | {speed}{mfu} | ETA "
-          f"{writers.format_eta((tc.num_steps - current) / sps)}")
+      writers.console(progress_line(s.task, current, tc.num_steps, means))
       t_log, steps_since_log = time.perf_counter(), 0
-    if (tc.eval_every and current % tc.eval_every == 0) or last:
-      metrics = _evaluate(s, eval_step, state)
+    if evals.due(current, last):
+      metrics = evals.run(state, current, last)
       writer.write(current, config.data.eval_split, metrics)
       writers.console(f"eval {config.data.eval_split} at step {current}: " +
                       " ".join(f"{k} {v:.4f}" for k, v in metrics.items()
@@ -336,7 +336,7 @@ def _train_steps(config, s, state, ckpt, writer, eval_step, batch_sharding, star
       writers.console(f"stopped early at step {current} (asked by a watcher)")
       if result is None or result["step"] != current:
         result = {"step": current, "split": config.data.eval_split,
-                  **_evaluate(s, eval_step, state)}
+                  **evals.run(state, current, final=True)}
       return {**result, "stopped_early": True}
   return result
 
@@ -345,14 +345,12 @@ def evaluate(config, workdir: str) -> dict:
   workdir = os.path.abspath(os.path.expanduser(workdir))
   ckpt, wanted = checkpointing.open_for_reading(workdir, config.eval.step)
   s = setup(config)
-  batch_sharding = partitioning.batch_sharding(s.mesh)
-  eval_step = step.compile_eval_step(s.model, s.task, s.state_sharding, batch_sharding,
-                                       s.rules)
+  evals = evaluators.Suite(config, s, workdir)
   target = checkpointing.sharded_target(s.abstract_state, s.state_sharding)
   state = ckpt.restore(wanted, target, config=config)
   ckpt.close()
   result = {"step": wanted, "split": config.data.eval_split, "mode": "eval",
-            **_evaluate(s, eval_step, state)}
+            **evals.run(state, wanted, final=True)}
   writer = writers.Writer(workdir)
   writer.write(wanted, config.data.eval_split,
                {k: v for k, v in result.items() if isinstance(v, (int, float))

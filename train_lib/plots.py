@@ -74,8 +74,8 @@ def ablation_curves(workdir: str, panels: dict, title: str = "") -> str:
   return _save(plt, fig, os.path.join(workdir, "plots", "ablation.png"))
 
 
-def image_grid(path: str, images_BxHxWxC, labels_B, columns: int = 8) -> str:
-  """Images (any scale: each is stretched to [0, 1]) in one mosaic, each labelled."""
+def image_grid(path: str, images_BxHxWxC, labels_B=None, columns: int = 8) -> str:
+  """Images (any scale: each is stretched to [0, 1]) in one mosaic, each labelled if given."""
   plt = _pyplot()
   if plt is None:
     return ""
@@ -92,7 +92,7 @@ def image_grid(path: str, images_BxHxWxC, labels_B, columns: int = 8) -> str:
     mosaic[y:y + H, x:x + W] = image
   fig, ax = plt.subplots(figsize=(1.2 * columns, 1.2 * rows))
   ax.imshow(mosaic, interpolation="nearest")
-  for i, label in enumerate(labels_B[:B]):
+  for i, label in enumerate([] if labels_B is None else labels_B[:B]):
     ax.text(i % columns * (W + gap), i // columns * (H + gap), str(label), color="tab:red",
             fontsize=8, va="top", ha="left")
   ax.axis("off")

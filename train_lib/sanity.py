@@ -30,7 +30,7 @@ import numpy as np
 import optax
 
 from train_lib import capsule, checkpointing, loop, optim, partitioning, plots, state as state_lib, step
-from train_lib import writers
+from train_lib import metrics as metrics_lib, writers
 from train_lib.errors import ChecksFailed, UserError
 
 DTYPE_NAMES = {"float32": "f32", "bfloat16": "bf16", "float16": "f16", "int32": "i32",
@@ -144,21 +144,21 @@ class Context:
   def initial_probe(self):
     return self.probe(self.state0, self.batches[0])
 
-  @property
-  def num_outputs(self) -> int:
-    """Classes, or the model's vocabulary (which may be larger than the data's)."""
-    s = self.s
-    return s.data.num_classes or getattr(s.model, "vocab_size", None) or s.data.vocab_size
-
-
 def probe_gradients(model, task, accum_steps, state, batch):
-  """Loss and per-leaf gradient statistics on (the first micro-batch of) a batch."""
+  """The task's loss metric and per-leaf gradient statistics on (the first micro-batch
+  of) a batch; every parameter group's gradient, as the train step takes them."""
   if accum_steps > 1:  # the step never holds more than a micro-batch's activations
     batch = jax.tree.map(lambda x: x[0], step._split_microbatches(batch, accum_steps))
-  rng = jax.random.fold_in(state.rng, state.step)
-  grad_fn = jax.value_and_grad(functools.partial(step._forward, model, task), has_aux=True,
-                               allow_int=True)
-  (loss, _), grads = grad_fn(state.params, state.model_state, batch, rng, True)
+  grads, stats = {}, {}
+  for gi, group in enumerate(task.groups):
+    key = step.step_key(state.rng, state.step, 0, gi)
+    sub = state.params if group is None else state.params[group]
+    fn = functools.partial(step._group_loss, model, task, group, state.params)
+    (_, (_, group_stats)), g = jax.value_and_grad(fn, has_aux=True, allow_int=True)(
+        sub, state.model_state, batch, key)
+    stats.update(group_stats)
+    grads = g if group is None else {**grads, group: g}
+  loss = metrics_lib.finalize({"loss": task.metrics["loss"]}, stats)["loss"]
 
   def stats(p, g):
     p32 = p.astype(jnp.float32)
@@ -225,36 +225,43 @@ def check_data(ctx) -> Check:
             "the pipeline repeats one batch (an iterator re-created every step, or a batch "
             "index that ignores the step); check that Data.train_batch(j) depends on j")
 
-  labels_name, labels = _labels(s, batches)
-  K = ctx.num_outputs
-  out_of_range = labels[(labels < 0) | (labels >= K)]
-  if len(out_of_range):
-    problem(f"{len(out_of_range)} {labels_name} outside [0, {K}) (e.g. {out_of_range[0]})",
-            "labels and model outputs disagree; check the dataset's label mapping and the "
-            "model's number of classes or vocabulary")
-  counts = np.bincount(labels[(labels >= 0) & (labels < K)], minlength=K)
-  data["label_histogram"] = counts.tolist() if K <= 1024 else None
-  histogram = _histogram(counts, s.data)
-  examples = _save_examples(ctx, batches[0])
+  targets = _targets(s.task, batches)
+  histogram, seen_text = "", ""
+  if targets is not None:
+    labels_name, labels, K = targets
+    out_of_range = labels[(labels < 0) | (labels >= K)]
+    if len(out_of_range):
+      problem(f"{len(out_of_range)} {labels_name} outside [0, {K}) (e.g. {out_of_range[0]})",
+              "labels and model outputs disagree; check the dataset's label mapping and the "
+              "model's number of classes or vocabulary")
+    counts = np.bincount(labels[(labels >= 0) & (labels < K)], minlength=K)
+    data["label_histogram"] = counts.tolist() if K <= 1024 else None
+    histogram = f"{labels_name} histogram over {n} batches: {_histogram(counts, s.data)}\n"
+    seen_text = f"; {int((counts > 0).sum())} of {K} {labels_name} values seen"
+  examples = ""
+  if jax.process_index() == 0:
+    examples = s.task.save_examples(os.path.join(ctx.workdir, "plots"), batches[0])
   data["examples"] = examples
 
   report = f"data: {n} train batches\n" + _table(
       ["array", "shape", "min", "max", "mean", "std"], rows)
-  report += f"{labels_name} histogram over {n} batches: {histogram}\n"
+  report += histogram
   if problems:
     return Check("data", False, "; ".join(p for p, _ in problems), problems[0][1], report, data)
-  seen = int((counts > 0).sum())
   return Check("data", True, f"{n} batches of {size}: " + ", ".join(
       f"{r[0]} {r[1]} in [{r[2]}, {r[3]}]" for r in rows) +
-      f"; {seen} of {K} {labels_name} values seen; no repeated or constant batch; "
+      f"{seen_text}; no repeated or constant batch; "
       f"examples in {os.path.relpath(examples, ctx.workdir) if examples else '(no plot)'}",
       report=report, data=data)
 
 
-def _labels(s, batches):
-  if s.data.num_classes:
-    return "label", np.concatenate([b["label"].ravel() for b in batches]).astype(np.int64)
-  return "token", np.concatenate([b["tokens"][:, 1:].ravel() for b in batches]).astype(np.int64)
+def _targets(task, batches):
+  """The task's (name, integer targets, number of values) over the batches, or None."""
+  parts = [task.targets(b) for b in batches]
+  if any(p is None for p in parts):
+    return None
+  name, _, K = parts[0]
+  return name, np.concatenate([np.asarray(p[1]).ravel() for p in parts]).astype(np.int64), K
 
 
 def _histogram(counts, data) -> str:
@@ -265,24 +272,6 @@ def _histogram(counts, data) -> str:
   name = lambda t: repr(decode([t])) if decode and t < 256 else str(t)
   return (f"{int((counts > 0).sum())} distinct; most frequent " +
           " ".join(f"{name(int(t))}:{counts[t]}" for t in top if counts[t]))
-
-
-def _save_examples(ctx, batch) -> str:
-  if jax.process_index() != 0:
-    return ""
-  folder = os.path.join(ctx.workdir, "plots")
-  if "image" in batch:
-    return plots.image_grid(os.path.join(folder, "data_examples.png"), batch["image"][:32],
-                            batch["label"][:32])
-  decode = getattr(ctx.s.data, "decode", None)
-  if decode is None or "tokens" not in batch:
-    return ""
-  os.makedirs(folder, exist_ok=True)
-  path = os.path.join(folder, "text_examples.txt")
-  with open(path, "w") as f:
-    for i, window in enumerate(batch["tokens"][:4]):
-      f.write(f"----- window {i} -----\n{decode(window)}\n")
-  return path
 
 
 # --------------------------------------------------------------------------- model
@@ -303,13 +292,24 @@ def layer_rows(model, task, abstract_state, batch):
       row[1] = _describe(out)
     return out
 
-  def forward(params, model_state, batch):
-    args, kwargs = task.model_inputs(batch)
-    with nn.intercept_methods(interceptor):
-      return model.apply({"params": params, **model_state}, *args, train=False, **kwargs)
+  outputs = []   # the model's own (top-level) outputs, whatever method the task calls
 
-  output = jax.eval_shape(forward, abstract_state.params, abstract_state.model_state, batch)
-  return [(path, kind, out) for path, (kind, out) in rows.items()], output
+  def root(next_fun, args, kwargs, context):
+    first = not context.module.path and not outputs and context.method_name != "setup"
+    if first:
+      outputs.append(None)   # the outermost call, not a method it calls inside
+    out = next_fun(*args, **kwargs)
+    if first:
+      outputs[0] = out
+    return out
+
+  def forward(params, model_state, batch, key):
+    with nn.intercept_methods(root), nn.intercept_methods(interceptor):
+      return step.loss_and_stats(model, task, params, model_state, batch, key, False)
+
+  jax.eval_shape(forward, abstract_state.params, abstract_state.model_state, batch,
+                 abstract_state.rng)
+  return [(path, kind, out) for path, (kind, out) in rows.items()], outputs[0]
 
 
 def check_model(ctx) -> Check:
@@ -331,7 +331,7 @@ def check_model(ctx) -> Check:
 
   _, stats = ctx.initial_probe
   bad_init = [p for p, v in stats.items() if not v["param_finite"]]
-  wrong_output = _check_output(s, batch, output)
+  wrong_output = s.task.check_output(output, batch)
   if total == 0:
     return Check("model", False, "the model has no parameters",
                  "layers are not registered as submodules (created outside setup/@compact?); "
@@ -346,7 +346,7 @@ def check_model(ctx) -> Check:
                  data)
 
   flops = _flops_per_item(ctx)
-  unit = "token" if s.task.unit == "tokens" else "example"
+  unit = s.task.unit.rstrip("s")
   data["flops_per_" + unit] = flops
   flop_text = f"{flops:,.0f} FLOPs per {unit} forward + backward (XLA cost analysis)" \
       if flops else "FLOPs unknown (no cost analysis on this backend)"
@@ -358,20 +358,6 @@ def check_model(ctx) -> Check:
   return Check("model", True, f"{s.model.__class__.__name__} with {total:,} parameters in "
                f"{len(sizes)} modules; output {_describe(output)}; {flop_text}", report=report,
                data=data)
-
-
-def _check_output(s, batch, output) -> str:
-  """What is wrong with the model's output for the task, or ""."""
-  if s.data.num_classes:
-    want = (batch["label"].shape[0], s.data.num_classes)
-    got = getattr(output, "shape", None)
-    return "" if got == want else f"output {got or _describe(output)}, the task needs " \
-        f"logits of shape {want}"
-  want = tuple(batch["tokens"][:, 1:].shape)
-  got = {k: tuple(output[k].shape) for k in ("nll", "correct")
-         if isinstance(output, dict) and k in output}
-  return "" if got == {"nll": want, "correct": want} else \
-      f"output {_describe(output)}, the lm task needs {{nll, correct}} of shape {want}"
 
 
 def _flops_per_item(ctx) -> float:
@@ -394,14 +380,18 @@ def _flops_per_item(ctx) -> float:
 
 def check_initial_loss(ctx) -> Check:
   loss, _ = ctx.initial_probe
-  K, tol = ctx.num_outputs, ctx.config.sanity.init_loss_tolerance
-  expected = math.log(K)
-  data = {"loss": loss, "expected": expected, "num_outputs": K}
-  detail = f"{loss:.4f} at step 0, expected ln({K}) = {expected:.4f}"
+  tol, expected = ctx.config.sanity.init_loss_tolerance, ctx.s.task.initial_loss()
+  data = {"loss": loss, "expected": expected}
+  if expected is None:
+    detail = f"{loss:.4f} at step 0 (the task declares no expected initial loss)"
+  else:
+    detail = f"{loss:.4f} at step 0, expected {expected:.4f}"
   if not math.isfinite(loss):
     return Check("initial_loss", False, detail, "the forward pass overflows at "
                  "initialisation; check the input scale, the dtype and the initialisers",
                  data=data)
+  if expected is None:
+    return Check("initial_loss", True, detail, data=data)
   if loss > expected * (1 + tol):
     return Check("initial_loss", False, f"{detail}, {loss / expected:.1f}x too high",
                  "the initial outputs are far from uniform (logits too large: an output "
@@ -474,10 +464,15 @@ def check_overfit(ctx) -> Check:
   """Memorising one batch must take the loss well below `baseline`, the least loss a model
   that ignores its input can reach there (the entropy of the batch's targets)."""
   sc, floor = ctx.config.sanity, ctx.s.task.loss_floor
-  baseline = _input_free_loss(ctx)
+  baseline = ctx.s.task.input_free_loss(ctx.host_batches[0])
+  if baseline is None:  # the task knows no input-free loss: beat the loss at initialisation
+    baseline = ctx.initial_probe[0]
   target = floor + sc.overfit_fraction * (baseline - floor)
   state, batch, losses = ctx.fresh_state(), ctx.batches[0], []
+  fixed = ctx.s.task.overfit_with_fixed_key
   for _ in range(sc.overfit_steps):
+    if fixed:  # the task's randomness (views, masks, noise) repeats with the batch
+      state = state.replace(step=jnp.zeros_like(state.step))
     state, metrics = ctx.train_step(state, batch)
     losses.append(float(metrics["loss"]))
     if not math.isfinite(losses[-1]) or losses[-1] < target:
@@ -505,18 +500,6 @@ def check_overfit(ctx) -> Check:
                  "sanity.overfit_steps for a large model", report, data)
   return Check("overfit_one_batch", True, f"{detail} (below {target:.4f}; a model that "
                f"ignores its input reaches {baseline:.4f})", report=report, data=data)
-
-
-def _input_free_loss(ctx) -> float:
-  """Cross-entropy of the best constant prediction on batch 0: the entropy of its
-  (smoothed) target distribution."""
-  name, labels = _labels(ctx.s, ctx.host_batches[:1])
-  K = ctx.num_outputs
-  p = np.bincount(labels[(labels >= 0) & (labels < K)], minlength=K) / max(len(labels), 1)
-  e = getattr(ctx.s.task, "label_smoothing", 0.0)
-  q = (1 - e) * p + e / K
-  q = q[q > 0]
-  return float(-(q * np.log(q)).sum())
 
 
 CHECKS = (("data", check_data), ("model", check_model), ("initial_loss", check_initial_loss),

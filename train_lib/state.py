@@ -24,13 +24,14 @@ class TrainState:
   params: Any            # float32 parameters
   opt_state: Any
   model_state: Any       # non-trained collections, e.g. {"batch_stats": ...}
-  rng: jax.Array         # base key; step keys are fold_in(rng, step)
+  rng: jax.Array         # base key; step keys are step.step_key(rng, step, micro-batch)
+  extra: Any = None      # the task's own state (an EMA of the parameters, say); {} if none
 
 
 def init_fn(model, tx, task, dummy_batch, seed: int, boxed: bool = False):
   """The state's initialiser; with boxed=True, annotated leaves stay nn.Partitioned boxes
   (for their logical names), also in the optimizer state that mirrors the parameters."""
-  args, kwargs = task.model_inputs(dummy_batch)
+  args, kwargs = task.init_inputs(dummy_batch)
 
   def init():
     rng = jax.random.PRNGKey(seed)
@@ -39,8 +40,16 @@ def init_fn(model, tx, task, dummy_batch, seed: int, boxed: bool = False):
                            **kwargs)
     variables = flax.core.unfreeze(variables)
     params = variables.pop("params")
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                       opt_state=tx.init(params), model_state=variables, rng=state_rng)
+    if tuple(task.groups) == (None,):
+      opt_state = tx.init(params)
+    else:  # one optimizer state per parameter group (a GAN's generator and discriminator)
+      missing = [g for g in task.groups if g not in params]
+      if missing:
+        raise ValueError(f"task groups {missing} are not top-level parameter names of the "
+                         f"model ({sorted(params)})")
+      opt_state = {g: tx.init(params[g]) for g in task.groups}
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
+                       model_state=variables, rng=state_rng, extra=task.init_extra(params))
     return state if boxed else nn.meta.unbox(state)
   return init
 

@@ -2,10 +2,13 @@
 
     train_step = step.compile_train_step(model, task, tx, schedule, accum, state_sh, batch_sh)
     state, metrics = train_step(state, batch)     # state is donated
-    sums = eval_step(state, batch)                # {"loss", "correct", "count"} sums
+    stats, count = eval_step(state, batch, j)     # the task's stats of eval batch j
 
+The task (train_lib/tasks/base.py) owns the loss and declares its metrics; this file
+only differentiates, averages, applies updates and aggregates by the declared kinds.
 With grad_accum_steps=k the global batch is split into k micro-batches whose
-gradients are averaged (lax.scan), so one step is always one optimizer update.
+gradients are averaged (lax.scan), so one step is always one optimizer update. Each
+micro-batch gets the key step_key(state.rng, step, i).
 
 Instruments computed inside the step: the RMS of gradients, parameters (before the
 update) and updates, over all parameters ("grad_rms") and per top-level submodule
@@ -19,19 +22,32 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from train_lib import metrics as metrics_lib, tasks
 
-def _forward(model, task, params, model_state, batch, rng, train: bool):
-  variables = {"params": params, **model_state}
-  args, kwargs = task.model_inputs(batch)
-  rngs = {"dropout": rng} if rng is not None else {}
-  if train and model_state:
-    output, new_state = model.apply(variables, *args, train=True, rngs=rngs,
-                                    mutable=list(model_state), **kwargs)
-  else:
-    output = model.apply(variables, *args, train=train, rngs=rngs, **kwargs)
-    new_state = model_state
-  loss, sums = task.loss_and_metrics(output, batch)
-  return loss, (new_state, sums)
+
+EVAL_KEY = 0x65766C   # eval batch j's task key: fold_in(fold_in(state.rng, EVAL_KEY), j)
+
+
+def step_key(state_rng, step, micro: int = 0, group: int = 0):
+  """The key of (seed, step, micro-batch[, parameter group]): the same however many devices
+  or processes run the step, and after a resume."""
+  key = jax.random.fold_in(jax.random.fold_in(state_rng, step), micro)
+  return jax.random.fold_in(key, group) if group else key
+
+
+def loss_and_stats(model, task, params, model_state, batch, key, train: bool, group=None):
+  """The task's (loss, (new model state, stats)) for one (micro-)batch; `key` is split
+  into the model's dropout key and the task's own."""
+  dropout_key, task_key = (None, None) if key is None else jax.random.split(key)
+  apply, new_model_state = tasks.base.make_apply(model, params, model_state, dropout_key,
+                                                 train)
+  loss, stats = task.loss(apply, batch, task_key, train=train, group=group)
+  return loss, (new_model_state(), stats)
+
+
+def _group_loss(model, task, group, params, group_params, model_state, batch, key):
+  full = group_params if group is None else {**params, group: group_params}
+  return loss_and_stats(model, task, full, model_state, batch, key, True, group)
 
 
 def _split_microbatches(batch, k: int):
@@ -56,43 +72,75 @@ def rms_instruments(name: str, tree) -> dict:
   return out
 
 
-def train_step(state, batch, *, model, task, tx, schedule, accum_steps: int):
-  rng = jax.random.fold_in(state.rng, state.step)
-  grad_fn = jax.value_and_grad(functools.partial(_forward, model, task), has_aux=True)
-
+def gradients(model, task, group, params, model_state, batch, state_rng, step,
+              accum_steps: int, group_index: int = 0):
+  """(mean gradient of the group's parameters over the micro-batches, model state, stats)."""
+  sub = params if group is None else params[group]
+  grad_fn = jax.value_and_grad(
+      functools.partial(_group_loss, model, task, group, params), has_aux=True)
+  key = lambda i: step_key(state_rng, step, i, group_index)
   if accum_steps == 1:
-    (_, (model_state, sums)), grads = grad_fn(state.params, state.model_state, batch, rng,
-                                              True)
-  else:
-    def micro(carry, xs):
-      grads_acc, model_state, sums_acc = carry
-      i, mb = xs
-      (_, (model_state, sums)), g = grad_fn(state.params, model_state, mb,
-                                            jax.random.fold_in(rng, i), True)
-      add = lambda a, b: jax.tree.map(jnp.add, a, b)
-      return (add(grads_acc, g), model_state, add(sums_acc, sums)), None
-    zeros = jax.tree.map(jnp.zeros_like, state.params)
-    zero_sums = {"loss": 0.0, "correct": 0.0, "count": 0.0}
-    (grads, model_state, sums), _ = jax.lax.scan(
-        micro, (zeros, state.model_state, jax.tree.map(jnp.float32, zero_sums)),
-        (jnp.arange(accum_steps), _split_microbatches(batch, accum_steps)))
-    grads = jax.tree.map(lambda g: g / accum_steps, grads)
+    (_, (model_state, stats)), grads = grad_fn(sub, model_state, batch, key(0))
+    return grads, model_state, stats
 
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  count = jnp.maximum(sums["count"], 1.0)
-  metrics = {"loss": sums["loss"] / count, "accuracy": sums["correct"] / count,
-             "grad_norm": optax.tree.norm(grads), "learning_rate": schedule(state.step),
-             **rms_instruments("grad_rms", grads), **rms_instruments("param_rms", state.params),
-             **rms_instruments("update_rms", updates)}
+  def micro(carry, xs):
+    grads_acc, model_state, stats_acc = carry
+    i, mb = xs
+    (_, (model_state, stats)), g = grad_fn(sub, model_state, mb, key(i))
+    return (jax.tree.map(jnp.add, grads_acc, g), model_state,
+            metrics_lib.combine(kinds, stats_acc, stats)), None
+  micro_batches = _split_microbatches(batch, accum_steps)
+  first = jax.tree.map(lambda x: x[0], micro_batches)
+  shapes = jax.eval_shape(grad_fn, sub, model_state, first, key(0))[0][1][1]
+  kinds = {k: task.metrics[k] for k in shapes}
+  zeros = jax.tree.map(jnp.zeros_like, sub)
+  (grads, model_state, stats), _ = jax.lax.scan(
+      micro, (zeros, model_state, metrics_lib.zeros(kinds)),
+      (jnp.arange(accum_steps), micro_batches))
+  return jax.tree.map(lambda g: g / accum_steps, grads), model_state, stats
+
+
+def train_step(state, batch, *, model, task, tx, schedule, accum_steps: int):
+  """One update of each parameter group in turn (one group for most tasks)."""
+  params, opt_state, model_state = state.params, state.opt_state, state.model_state
+  single = tuple(task.groups) == (None,)
+  all_grads, all_updates, stats = {}, {}, {}
+  for gi, group in enumerate(task.groups):
+    grads, model_state, group_stats = gradients(model, task, group, params, model_state,
+                                                batch, state.rng, state.step, accum_steps, gi)
+    stats.update(group_stats)
+    if single:
+      updates, opt_state = tx.update(grads, opt_state, params)
+      params = optax.apply_updates(params, updates)
+      all_grads, all_updates = grads, updates
+    else:
+      updates, new_opt = tx.update(grads, opt_state[group], params[group])
+      opt_state = {**opt_state, group: new_opt}
+      params = {**params, group: optax.apply_updates(params[group], updates)}
+      all_grads[group], all_updates[group] = grads, updates
+  metrics_lib.check_stats(task.metrics, stats, type(task).__name__)
+  metrics = {**metrics_lib.finalize(task.metrics, stats),
+             "grad_norm": optax.tree.norm(all_grads), "learning_rate": schedule(state.step),
+             **rms_instruments("grad_rms", all_grads),
+             **rms_instruments("param_rms", state.params),
+             **rms_instruments("update_rms", all_updates)}
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                            model_state=model_state)
+                            model_state=model_state,
+                            extra=task.update_extra(state.extra, params, state.step + 1))
   return new_state, metrics
 
 
-def eval_step(state, batch, *, model, task):
-  _, (_, sums) = _forward(model, task, state.params, state.model_state, batch, None, False)
-  return sums
+def eval_step(state, batch, index, *, model, task):
+  """(stats, number of valid items) of one eval batch; padding has mask 0."""
+  key = jax.random.fold_in(jax.random.fold_in(state.rng, EVAL_KEY), index)
+  _, (_, stats) = loss_and_stats(model, task, task.eval_params(state), state.model_state,
+                                 batch, key, False)
+  metrics_lib.check_stats(task.metrics, stats, type(task).__name__)
+  if "mask" in batch:
+    count = batch["mask"].sum()
+  else:
+    count = jnp.float32(jax.tree.leaves(batch)[0].shape[0])
+  return stats, count
 
 
 def _traced_in_mesh(fn, mesh, rules):
@@ -117,4 +165,4 @@ def compile_train_step(model, task, tx, schedule, accum_steps, state_sharding, b
 def compile_eval_step(model, task, state_sharding, batch_sharding, rules=()):
   fn = functools.partial(eval_step, model=model, task=task)
   return jax.jit(_traced_in_mesh(fn, batch_sharding.mesh, rules),
-                 in_shardings=(state_sharding, batch_sharding))
+                 in_shardings=(state_sharding, batch_sharding, None))

@@ -2,6 +2,8 @@
 
     attn = Attention(num_heads=12, num_kv_heads=4, head_dim=64, position="rope")
     y_BxTxD = attn(x_BxTxD, positions_BxT)                       # causal, training
+    y_BxTxD = attn(x_BxTxD, positions_BxT, mask_BxT=mask)        # padding keys hidden
+    Attention(..., causal=False)                                 # bidirectional (encoders)
     y_BxTxD, vars = attn.apply(v, x, pos, decode=True, mutable=["cache"])  # one step of decoding
 
 The kernel is jax.nn.dot_product_attention: cuDNN flash attention on GPU when the
@@ -23,7 +25,7 @@ IMPLEMENTATIONS = ("auto", "cudnn", "xla")
 
 def choose_implementation(requested: str, dtype, head_dim: int, has_bias: bool) -> str:
   """"auto" -> cuDNN flash attention where it applies (a GPU, 16-bit inputs, head_dim a
-  multiple of 8 up to 128, no additive bias), else XLA. jax's own default (None) is XLA."""
+  multiple of 8 up to 128, no additive bias or mask), else XLA. jax's own default (None) is XLA."""
   if requested not in IMPLEMENTATIONS:
     raise ValueError(f"attention_impl {requested!r} unknown; use one of {IMPLEMENTATIONS}")
   if requested != "auto":
@@ -84,12 +86,14 @@ class Attention(nn.Module):
   implementation: str = "auto"     # auto | cudnn | xla
   use_bias: bool = False
   max_len: int = 1024              # KV-cache length for decoding
+  causal: bool = True              # False: every position attends to every (unmasked) one
   dtype: Any = jnp.float32
   kernel_init: Callable = nn.initializers.normal(0.02)
   out_init: Callable = nn.initializers.normal(0.02)
 
   @nn.compact
-  def __call__(self, x_BxTxD, positions_BxT, *, decode: bool = False, kv_lengths_B=None):
+  def __call__(self, x_BxTxD, positions_BxT, *, decode: bool = False, kv_lengths_B=None,
+               mask_BxT=None):
     if self.num_heads % self.num_kv_heads:
       raise ValueError(f"num_heads={self.num_heads} must be a multiple of "
                        f"num_kv_heads={self.num_kv_heads}")
@@ -110,10 +114,13 @@ class Attention(nn.Module):
       bias = None
       if self.position == "alibi":
         bias = alibi_bias(self.num_heads, positions_BxT, positions_BxT).astype(self.dtype)
+      mask = None
+      if mask_BxT is not None:  # [B, 1, 1, S]: no query attends to a padding key
+        mask = (mask_BxT > 0)[:, None, None, :]
       impl = choose_implementation(self.implementation, q_BxTxNxH.dtype, self.head_dim,
-                                   bias is not None)
+                                   bias is not None or mask is not None)
       out_BxTxNxH = jax.nn.dot_product_attention(
-          q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, bias=bias, is_causal=True,
+          q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, bias=bias, mask=mask, is_causal=self.causal,
           key_value_seq_lengths=kv_lengths_B, implementation=impl)
     return Projection("btnh,nhd->btd", (self.num_heads, self.head_dim, D),
                       ("heads", "head_dim", "embed"), self.out_init, self.use_bias, self.dtype,

@@ -1,0 +1,32 @@
+"""The task's own metrics on the held-out split: every eval item once.
+
+    config.evals.loss = {"name": "loss"}     # the default evaluator
+"""
+
+import jax
+import numpy as np
+
+from train_lib import metrics as metrics_lib, partitioning, step
+from train_lib.evaluators import Evaluator, register
+
+
+@register("loss")
+class HeldOutLoss(Evaluator):
+  def __init__(self, config, setup, workdir):
+    super().__init__(config, setup, workdir)
+    s = setup
+    self.eval_step = step.compile_eval_step(s.model, s.task, s.state_sharding,
+                                            partitioning.batch_sharding(s.mesh), s.rules)
+
+  def run(self, state) -> dict:
+    s = self.setup
+    kinds, total, count = s.task.metrics, None, 0.0
+    for j, batch in enumerate(s.data.eval_batches()):
+      stats, n = jax.device_get(self.eval_step(state, batch, np.int32(j)))
+      total = stats if total is None else metrics_lib.combine(kinds, total, stats)
+      count += float(n)
+    expected = s.data.eval_count()
+    if int(count) != expected:
+      raise AssertionError(f"evaluated {count} items, expected {expected}")
+    values = s.task.summarize(metrics_lib.finalize(kinds, total))
+    return {**values, "num_examples": int(count)}
