@@ -29,7 +29,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from bench import table  # noqa: E402
-from train_lib import ablate, loop, partitioning, state as state_lib, step  # noqa: E402
+from train_lib import ablate, partitioning, setup, state as state_lib, step  # noqa: E402
 
 
 def load_config(spec):
@@ -63,7 +63,7 @@ def matmul_peak_tflops(n=8192, reps=20):
 
 
 def bench_one(config, steps, warmup, profile_dir="", devices=None, window=5):
-  s = loop.setup(config, devices)
+  s = setup.build(config, devices)
   batch_sharding = partitioning.batch_sharding(s.mesh)
   state = state_lib.create(s.model, s.tx, s.task, s.dummy_batch, config.seed, s.state_sharding)
   fn = step.compile_train_step(s.model, s.task, s.tx, s.schedule,
@@ -106,7 +106,7 @@ def bench_one(config, steps, warmup, profile_dir="", devices=None, window=5):
   tokens = s.task.items_per_batch(config.data.batch_size)
   return {"step_ms": step_s * 1e3, "synced_ms": statistics.median(synced) * 1e3,
           "tokens_per_sec": tokens / step_s,
-          "flops_per_token": loop.flops_per_item(s, state.params), "compile_s": compile_s,
+          "flops_per_token": setup.flops_per_item(s, state.params), "compile_s": compile_s,
           "memory_gb": mem_gb, "loss": float(metrics["loss"]),
           "params": state_lib.num_params(state.params)}
 
@@ -130,7 +130,7 @@ def main():
   variants = [v.partition(":")[::2] for v in args.variant] or [("config", "")]
   # 8192^3 products fill a GPU; on a CPU they would take minutes, so measure smaller ones.
   peak = matmul_peak_tflops(8192 if jax.default_backend() != "cpu" else 1024)
-  sheet = loop.datasheet_peak_tflops()
+  sheet = setup.datasheet_peak_tflops()
   rows = []
   for name, overrides in variants:
     for mb in map(int, args.micro_batches.split(",")):

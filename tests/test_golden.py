@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from configs import default
-from train_lib import loop, partitioning, state as state_lib, step
+from train_lib import partitioning, setup, state as state_lib, step
 
 # Measured identically with jax 0.10.2 (Python 3.11) and jax 0.11.2 (Python 3.12) on CPU.
 GOLDEN = {"loss_step0": 2.4805097579956055, "loss_step1": 2.587801456451416,
@@ -26,7 +26,7 @@ def rms(tree):
 def test_default_config_first_steps(tfds_dir):
   config = default.get_config()
   config.data.tfds_dir = tfds_dir
-  s = loop.setup(config, jax.devices()[:1])
+  s = setup.build(config, jax.devices()[:1])
   _, state = state_lib.create_sharded(s.model, s.tx, s.task, s.dummy_batch, config.seed, s.mesh)
   train_step = step.compile_train_step(s.model, s.task, s.tx, s.schedule, 1, s.state_sharding,
                                        partitioning.batch_sharding(s.mesh))

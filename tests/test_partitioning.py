@@ -7,7 +7,7 @@ import pytest
 
 from configs import base, gpt2_124m
 from tests.test_train_lib import run_steps, tiny_config
-from train_lib import loop, partitioning
+from train_lib import partitioning, setup
 from train_lib.errors import UserError
 
 MESHES = {"data": dict(data=8), "fsdp": dict(data=1, fsdp=8), "tensor": dict(data=1, tensor=8),
@@ -70,7 +70,7 @@ def test_pallas_kernels_keep_rows_whole_where_the_mesh_does_not_divide_them():
 
 
 def test_fsdp_holds_an_eighth_of_the_state_per_device(tfds_dir):
-  s = loop.setup(tiny_transformer(tfds_dir, data=1, fsdp=8))
+  s = setup.build(tiny_transformer(tfds_dir, data=1, fsdp=8))
   per_device = partitioning.bytes_per_device(s.abstract_state, s.state_sharding)
   total = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(s.abstract_state))
   assert total / 8 <= per_device < 1.05 * total / 8   # only norms and scalars replicate

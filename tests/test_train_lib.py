@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs import base
-from train_lib import checkpointing, loop, partitioning, state as state_lib, step
+from train_lib import checkpointing, loop, partitioning, setup, state as state_lib, step
 from train_lib.errors import UserError
 
 
@@ -40,7 +40,7 @@ def test_mesh_shapes():
 
 
 def run_steps(config, num_steps=5, devices=None, same_batch=False):
-  s = loop.setup(config, devices)
+  s = setup.build(config, devices)
   batch_sharding = partitioning.batch_sharding(s.mesh)
   _, state = state_lib.create_sharded(s.model, s.tx, s.task, s.dummy_batch, config.seed, s.mesh,
                                       s.rules)

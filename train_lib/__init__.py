@@ -32,7 +32,7 @@ def run(mode: str, config, workdir: str) -> dict:
 
 
 def _run(mode: str, config, workdir: str) -> dict:
-  from train_lib import loop
+  from train_lib import loop, setup
   if mode == "ablate":
     from train_lib import ablate
     return ablate.run(config, workdir)
@@ -48,7 +48,7 @@ def _run(mode: str, config, workdir: str) -> dict:
     return sample.generate_from_workdir(config, workdir)
   if mode == "shardings":  # each array's shape, sharding and bytes per device; no training
     from train_lib import partitioning
-    s = loop.setup(config)
+    s = setup.build(config)
     print(partitioning.describe(s.abstract_state, s.state_sharding), flush=True)
     return {"mode": "shardings", "mesh": dict(s.mesh.shape),
             "bytes_per_device": partitioning.bytes_per_device(s.abstract_state,

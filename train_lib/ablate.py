@@ -22,7 +22,7 @@ import os
 import ml_collections
 import numpy as np
 
-from train_lib import config_reads, loop, plots, writers
+from train_lib import config_reads, loop, plots, setup, writers
 from train_lib.errors import Diverged, UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -192,7 +192,7 @@ def _train_one(plan: Plan, name: str, seed: int, workdir: str, limit) -> dict:
 
 
 def run(abl, workdir: str) -> dict:
-  workdir = loop.prepare_workdir(workdir)
+  workdir = setup.prepare_workdir(workdir)
   plan = Plan(abl)
   config_reads.report(abl, "ablate")
   import train_lib

@@ -6,134 +6,19 @@ checkpoints, loop, evaluation.
     result = loop.evaluate(config, workdir)  # newest (or config.eval.step) checkpoint
 """
 
-import dataclasses
 import os
 import signal
 import threading
 import time
-from typing import Any
 
-import flax.linen as nn
 import jax
 import numpy as np
 from absl import logging
 
-import input_pipeline
-import models
-from train_lib import capsule, checkpointing, optim, partitioning, state as state_lib, step
-from train_lib import config_reads, diagnosis, distributed, guards, metrics as metrics_lib
-from train_lib import evaluators, plots, tasks
-from train_lib import writers
+from train_lib import capsule, checkpointing, config_reads, diagnosis, distributed
+from train_lib import evaluators, guards, metrics as metrics_lib, partitioning, plots
+from train_lib import setup as setup_lib, state as state_lib, step, writers
 from train_lib.errors import Diverged, Preempted, UserError
-
-DTYPES = {"float32": "float32", "bfloat16": "bfloat16"}
-
-
-@dataclasses.dataclass
-class Setup:
-  mesh: Any
-  data: Any
-  model: Any
-  task: Any
-  tx: Any
-  schedule: Any
-  abstract_state: Any
-  state_sharding: Any
-  dummy_batch: Any
-  rules: Any             # config.mesh.rules: logical axis name -> mesh axes
-  seed: int = 0
-
-
-def setup(config, devices=None) -> Setup:
-  """Everything a run needs, validated before any device work.
-
-  `devices` (default: all) lets tests and tools build the mesh over a subset.
-  """
-  if config.dtype not in DTYPES:
-    raise UserError(f"dtype={config.dtype!r} is unknown; use one of {sorted(DTYPES)}")
-  if config.train.num_steps <= 0:
-    raise UserError(f"train.num_steps={config.train.num_steps} must be positive")
-  if config.optim.grad_accum_steps < 1:
-    raise UserError(f"optim.grad_accum_steps={config.optim.grad_accum_steps} must be >= 1")
-  mesh = partitioning.make_mesh(config.mesh, devices)
-  partitioning.check_batch(config.data.batch_size, mesh, "batch_size")
-  partitioning.check_batch(config.data.eval_batch_size, mesh, "eval_batch_size")
-  accum = config.optim.grad_accum_steps
-  shards = mesh.shape["data"] * mesh.shape["fsdp"]
-  if config.data.batch_size % (accum * shards):
-    raise UserError(f"data.batch_size={config.data.batch_size} must be divisible by "
-                    f"optim.grad_accum_steps={accum} x {shards} data shards")
-
-  batch_sharding = partitioning.batch_sharding(mesh)
-  try:
-    data = input_pipeline.build(config.data, seed=config.seed, sharding=batch_sharding)
-  except input_pipeline.DataError as e:
-    raise UserError(str(e)) from None
-  try:
-    model = models.build(config.model, num_classes=data.num_classes,
-                         dtype=getattr(jax.numpy, DTYPES[config.dtype]))
-  except (models.ModelError, TypeError) as e:
-    raise UserError(str(e)) from None
-  task = tasks.build(config.task, data, model)
-  _check_model_fits_data(model, data)
-  tx, schedule = optim.build(config.optim, config.train.num_steps)
-  dummy = data.dummy_batch()
-  try:
-    boxed = state_lib.abstract_state(model, tx, task, dummy, config.seed, boxed=True)
-  except ValueError as e:  # a model's own argument check, raised while tracing init
-    raise UserError(f"model {config.model.name!r}: {e}") from None
-  rules = tuple(config.mesh.rules)
-  return Setup(mesh, data, model, task, tx, schedule, nn.meta.unbox(boxed),
-               partitioning.state_sharding(mesh, boxed, rules), dummy, rules, config.seed)
-
-
-def _check_model_fits_data(model, data):
-  vocab, max_len = getattr(model, "vocab_size", None), getattr(model, "max_len", None)
-  if data.vocab_size and vocab is not None and vocab < data.vocab_size:
-    raise UserError(f"model.vocab_size={vocab} is smaller than the data's vocabulary "
-                    f"({data.vocab_size}); raise it")
-  if data.seq_len and max_len is not None and max_len < data.seq_len:
-    raise UserError(f"model.max_len={max_len} is shorter than data.seq_len={data.seq_len}")
-
-
-def flops_per_item(s: "Setup", params) -> float:
-  """Training FLOPs per token or example, where the model knows them (else 0)."""
-  fn = getattr(s.model, "flops_per_token", None)
-  if fn is None or not s.data.seq_len:
-    return 0.0
-  return float(fn(state_lib.num_params(params), s.data.seq_len))
-
-
-# Dense bf16 peak of one chip (datasheet), for the mfu in metrics.jsonl;
-# bench/ measures the achievable matmul peak instead.
-PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "TPU v4": 275.0,
-               "TPU v5 lite": 197.0, "TPU v5p": 459.0, "TPU v6 lite": 918.0}
-
-
-def datasheet_peak_tflops() -> float:
-  kind = jax.devices()[0].device_kind
-  return next((tflops for name, tflops in PEAK_TFLOPS.items() if name in kind), 0.0)
-
-
-def peak_flops(config) -> float:
-  return (config.train.peak_tflops or datasheet_peak_tflops()) * 1e12
-
-
-def prepare_workdir(workdir: str) -> str:
-  given, workdir = workdir, os.path.abspath(os.path.expanduser(workdir))
-  if workdir != given:
-    writers.console(f"workdir {given} is {workdir}")
-  try:
-    os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f".write_test_{jax.process_index()}_{os.getpid()}")
-    with open(probe, "w"):
-      pass
-    os.remove(probe)
-  except OSError as e:
-    raise UserError(f"workdir {workdir} is not writable ({e.strerror}); "
-                    "choose another --workdir") from None
-  return workdir
-
 
 def progress_line(task, current: int, num_steps: int, means: dict) -> str:
   """The console's line per log interval: the loss, the task's console metrics, speed."""
@@ -153,13 +38,13 @@ def train(config, workdir: str, watchers=()) -> dict:
   """Trains, evaluates and checkpoints. Each watcher sees every logged point (train and
   eval metrics) and may stop the run there: a checkpoint is saved and the result says
   "stopped_early". A diagnosis.Doctor always watches."""
-  workdir = prepare_workdir(workdir)
+  workdir = setup_lib.prepare_workdir(workdir)
   with checkpointing.lock_workdir(workdir):
     return _train(config, workdir, watchers)
 
 
 def _train(config, workdir: str, watchers) -> dict:
-  s = setup(config)
+  s = setup_lib.build(config)
   capsule.write(workdir, config)
   tc = config.train
   doctor = diagnosis.Doctor(workdir, tc.num_steps, config.data.eval_split,
@@ -279,7 +164,7 @@ def _train_steps(config, s, state, ckpt, writer, evals, batch_sharding, start, s
   writer.write(start, "train", {"compile_seconds": compile_s})
 
   pending, screened, result, last_saved = [], [], None, ckpt.latest_step()
-  flops, peak = flops_per_item(s, state.params), peak_flops(config)
+  flops, peak = setup_lib.flops_per_item(s, state.params), setup_lib.peak_flops(config)
   t_log, steps_since_log = time.perf_counter(), 0
   for i in range(start, tc.num_steps):
     if i > start:
@@ -344,7 +229,7 @@ def _train_steps(config, s, state, ckpt, writer, evals, batch_sharding, start, s
 def evaluate(config, workdir: str) -> dict:
   workdir = os.path.abspath(os.path.expanduser(workdir))
   ckpt, wanted = checkpointing.open_for_reading(workdir, config.eval.step)
-  s = setup(config)
+  s = setup_lib.build(config)
   evals = evaluators.Suite(config, s, workdir)
   target = checkpointing.sharded_target(s.abstract_state, s.state_sharding)
   state = ckpt.restore(wanted, target, config=config)

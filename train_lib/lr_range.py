@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from train_lib import capsule, loop, optim, partitioning, plots, state as state_lib, step
+from train_lib import capsule, optim, partitioning, plots, setup, state as state_lib, step
 from train_lib import writers
 from train_lib.errors import UserError
 
@@ -43,8 +43,8 @@ def run(config, workdir: str, devices=None) -> dict:
     raise UserError(f"lr_range.num_steps={lc.num_steps} must be >= 10")
   if lc.diverge_factor <= 1:
     raise UserError(f"lr_range.diverge_factor={lc.diverge_factor} must be > 1")
-  workdir = loop.prepare_workdir(workdir)
-  s = loop.setup(config, devices)
+  workdir = setup.prepare_workdir(workdir)
+  s = setup.build(config, devices)
   capsule.write(workdir, config)
   schedule = exponential_schedule(lc.min_lr, lc.max_lr, lc.num_steps)
   tx, _ = optim.build(config.optim, lc.num_steps, schedule=schedule)

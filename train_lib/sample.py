@@ -52,10 +52,10 @@ def generate(model, params, prompt_BxP, rng, *, num_new: int, temperature: float
 
 
 def generate_from_workdir(config, workdir: str) -> dict:
-  from train_lib import loop
+  from train_lib import setup
   workdir = os.path.abspath(os.path.expanduser(workdir))
   ckpt, wanted = checkpointing.open_for_reading(workdir, config.eval.step)
-  s = loop.setup(config)
+  s = setup.build(config)
   if not hasattr(s.data, "encode"):
     raise UserError(f"--mode=sample needs a text dataset; data.name={config.data.name!r}")
   sc = config.sample

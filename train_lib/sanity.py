@@ -29,7 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from train_lib import capsule, checkpointing, loop, optim, partitioning, plots, state as state_lib, step
+from train_lib import capsule, checkpointing, optim, partitioning, plots, setup
+from train_lib import state as state_lib, step
 from train_lib import metrics as metrics_lib, writers
 from train_lib.errors import ChecksFailed, UserError
 
@@ -62,8 +63,8 @@ def run(config, workdir: str, devices=None) -> dict:
     raise UserError(f"sanity.overfit_steps={sc.overfit_steps} must be >= 2")
   if not 0 < sc.overfit_fraction < 1:
     raise UserError(f"sanity.overfit_fraction={sc.overfit_fraction} must be in (0, 1)")
-  workdir = loop.prepare_workdir(workdir)
-  s = loop.setup(config, devices)
+  workdir = setup.prepare_workdir(workdir)
+  s = setup.build(config, devices)
   capsule.write(workdir, config)
   ctx = Context(config, workdir, s)
   checks = []
@@ -352,7 +353,7 @@ def check_model(ctx) -> Check:
       if flops else "FLOPs unknown (no cost analysis on this backend)"
   if flops and re.search(r"\bwhile\(", ctx._probe_fn.as_text() or ""):
     flop_text += " (an undercount: XLA counts each loop body, e.g. scanned layers, once)"
-  formula = loop.flops_per_item(s, s.abstract_state.params)
+  formula = setup.flops_per_item(s, s.abstract_state.params)
   if formula:
     flop_text += f", model formula {formula:,.0f}"
   return Check("model", True, f"{s.model.__class__.__name__} with {total:,} parameters in "

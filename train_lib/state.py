@@ -59,7 +59,7 @@ def abstract_state(model, tx, task, dummy_batch, seed: int, boxed: bool = False)
 
 
 def create(model, tx, task, dummy_batch, seed: int, shardings):
-  """The initial state, created directly in `shardings` (e.g. loop.Setup.state_sharding)."""
+  """The initial state, created directly in `shardings` (e.g. setup.Setup.state_sharding)."""
   return jax.jit(init_fn(model, tx, task, dummy_batch, seed), out_shardings=shardings)()
 
 

@@ -1,0 +1,132 @@
+"""What every run and tool needs, validated before any device work: the mesh, the data,
+the model, the task, the optimizer and the sharded abstract state.
+
+    s = setup.build(config)             # a Setup; devices=... for a subset
+    state = state_lib.create(s.model, s.tx, s.task, s.dummy_batch, s.seed, s.state_sharding)
+    workdir = setup.prepare_workdir(workdir)
+
+The loop (train_lib/loop.py), the evaluators and the tools (sanity, lr_range, sample,
+bench/) all start here, so they see the same checks and the same layout.
+"""
+
+import dataclasses
+import os
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import optax
+
+import input_pipeline
+import models
+from train_lib import optim, partitioning, state as state_lib, tasks, writers
+from train_lib.errors import UserError
+from train_lib.tasks.base import Task
+
+DTYPES = {"float32": "float32", "bfloat16": "bfloat16"}
+
+
+@dataclasses.dataclass
+class Setup:
+  mesh: jax.sharding.Mesh
+  data: input_pipeline.Data
+  model: nn.Module
+  task: Task
+  tx: optax.GradientTransformation
+  schedule: Callable     # step -> learning rate
+  abstract_state: Any    # a TrainState of jax.ShapeDtypeStruct leaves
+  state_sharding: Any    # a TrainState of NamedSharding leaves
+  dummy_batch: dict      # one row of zeros shaped like a train batch
+  rules: tuple           # config.mesh.rules: logical axis name -> mesh axes
+  seed: int = 0
+
+
+def build(config, devices=None) -> Setup:
+  """Everything a run needs, validated before any device work.
+
+  `devices` (default: all) lets tests and tools build the mesh over a subset.
+  """
+  if config.dtype not in DTYPES:
+    raise UserError(f"dtype={config.dtype!r} is unknown; use one of {sorted(DTYPES)}")
+  if config.train.num_steps <= 0:
+    raise UserError(f"train.num_steps={config.train.num_steps} must be positive")
+  if config.optim.grad_accum_steps < 1:
+    raise UserError(f"optim.grad_accum_steps={config.optim.grad_accum_steps} must be >= 1")
+  mesh = partitioning.make_mesh(config.mesh, devices)
+  partitioning.check_batch(config.data.batch_size, mesh, "batch_size")
+  partitioning.check_batch(config.data.eval_batch_size, mesh, "eval_batch_size")
+  accum = config.optim.grad_accum_steps
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  if config.data.batch_size % (accum * shards):
+    raise UserError(f"data.batch_size={config.data.batch_size} must be divisible by "
+                    f"optim.grad_accum_steps={accum} x {shards} data shards")
+
+  batch_sharding = partitioning.batch_sharding(mesh)
+  try:
+    data = input_pipeline.build(config.data, seed=config.seed, sharding=batch_sharding)
+  except input_pipeline.DataError as e:
+    raise UserError(str(e)) from None
+  try:
+    model = models.build(config.model, num_classes=data.num_classes,
+                         dtype=getattr(jax.numpy, DTYPES[config.dtype]))
+  except (models.ModelError, TypeError) as e:
+    raise UserError(str(e)) from None
+  task = tasks.build(config.task, data, model)
+  _check_model_fits_data(model, data)
+  tx, schedule = optim.build(config.optim, config.train.num_steps)
+  dummy = data.dummy_batch()
+  try:
+    boxed = state_lib.abstract_state(model, tx, task, dummy, config.seed, boxed=True)
+  except ValueError as e:  # a model's own argument check, raised while tracing init
+    raise UserError(f"model {config.model.name!r}: {e}") from None
+  rules = tuple(config.mesh.rules)
+  return Setup(mesh, data, model, task, tx, schedule, nn.meta.unbox(boxed),
+               partitioning.state_sharding(mesh, boxed, rules), dummy, rules, config.seed)
+
+
+def _check_model_fits_data(model, data):
+  vocab, max_len = getattr(model, "vocab_size", None), getattr(model, "max_len", None)
+  if data.vocab_size and vocab is not None and vocab < data.vocab_size:
+    raise UserError(f"model.vocab_size={vocab} is smaller than the data's vocabulary "
+                    f"({data.vocab_size}); raise it")
+  if data.seq_len and max_len is not None and max_len < data.seq_len:
+    raise UserError(f"model.max_len={max_len} is shorter than data.seq_len={data.seq_len}")
+
+
+def flops_per_item(s: "Setup", params) -> float:
+  """Training FLOPs per token or example, where the model knows them (else 0)."""
+  fn = getattr(s.model, "flops_per_token", None)
+  if fn is None or not s.data.seq_len:
+    return 0.0
+  return float(fn(state_lib.num_params(params), s.data.seq_len))
+
+
+# Dense bf16 peak of one chip (datasheet), for the mfu in metrics.jsonl;
+# bench/ measures the achievable matmul peak instead.
+PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "TPU v4": 275.0,
+               "TPU v5 lite": 197.0, "TPU v5p": 459.0, "TPU v6 lite": 918.0}
+
+
+def datasheet_peak_tflops() -> float:
+  kind = jax.devices()[0].device_kind
+  return next((tflops for name, tflops in PEAK_TFLOPS.items() if name in kind), 0.0)
+
+
+def peak_flops(config) -> float:
+  return (config.train.peak_tflops or datasheet_peak_tflops()) * 1e12
+
+
+def prepare_workdir(workdir: str) -> str:
+  given, workdir = workdir, os.path.abspath(os.path.expanduser(workdir))
+  if workdir != given:
+    writers.console(f"workdir {given} is {workdir}")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    probe = os.path.join(workdir, f".write_test_{jax.process_index()}_{os.getpid()}")
+    with open(probe, "w"):
+      pass
+    os.remove(probe)
+  except OSError as e:
+    raise UserError(f"workdir {workdir} is not writable ({e.strerror}); "
+                    "choose another --workdir") from None
+  return workdir
