@@ -114,6 +114,7 @@ def get_config():
   config.sample.top_k = 200            # 0 = the whole vocabulary
   config.sample.num_samples = 1
   config.sample.seed = 0
+  config.sample.num_images = 64        # image tasks (ddpm, gan): samples.npz and plots/samples.png
 
   config.sanity = ml_collections.ConfigDict()   # --mode=sanity
   config.sanity.data_batches = 4       # train batches inspected by the data check

@@ -21,12 +21,12 @@ TOOLS = ("sanity.", "lr_range.")   # the settings of --mode=sanity and --mode=lr
 UNREAD_BY_DESIGN = {
     "train": ("sample.", "eval.", *TOOLS),   # the other modes' own settings
     "eval": ("sample.", "train.", *TOOLS),
-    "sample": ("train.", "data.eval_split", *TOOLS),
+    "sample": ("train.", "data.eval_split", "evals.", *TOOLS),
     "ablate": (),
-    "shardings": ("sample.", "eval.", "train.", "optim.", *TOOLS),  # the layout only
-    "sanity": ("sample.", "eval.", "train.", "lr_range.", "optim.schedule", "optim.warmup_steps",
+    "shardings": ("sample.", "eval.", "evals.", "train.", "optim.", *TOOLS),  # the layout only
+    "sanity": ("sample.", "eval.", "evals.", "train.", "lr_range.", "optim.schedule", "optim.warmup_steps",
                "optim.end_learning_rate_factor"),   # overfits at a constant learning rate
-    "lr_range": ("sample.", "eval.", "train.", "sanity.", "optim.schedule",
+    "lr_range": ("sample.", "eval.", "evals.", "train.", "sanity.", "optim.schedule",
                  "optim.warmup_steps", "optim.end_learning_rate_factor",
                  "optim.learning_rate"),             # sweeps its own learning rates
 }

@@ -74,16 +74,20 @@ def ablation_curves(workdir: str, panels: dict, title: str = "") -> str:
   return _save(plt, fig, os.path.join(workdir, "plots", "ablation.png"))
 
 
-def image_grid(path: str, images_BxHxWxC, labels_B=None, columns: int = 8) -> str:
-  """Images (any scale: each is stretched to [0, 1]) in one mosaic, each labelled if given."""
+def image_grid(path: str, images_BxHxWxC, labels_B=None, columns: int = 8,
+               stretch: bool = True) -> str:
+  """Images in one mosaic, each labelled if given; each stretched to [0, 1], or with
+  stretch=False taken as already in [0, 1]."""
   plt = _pyplot()
   if plt is None:
     return ""
   images = np.asarray(images_BxHxWxC, np.float32)
   images = images if images.shape[-1] == 3 else images[..., :1].repeat(3, -1)
-  low = images.min(axis=(1, 2, 3), keepdims=True)
-  span = images.max(axis=(1, 2, 3), keepdims=True) - low
-  images = (images - low) / np.where(span > 0, span, 1.0)
+  if stretch:
+    low = images.min(axis=(1, 2, 3), keepdims=True)
+    span = images.max(axis=(1, 2, 3), keepdims=True) - low
+    images = (images - low) / np.where(span > 0, span, 1.0)
+  images = np.clip(images, 0.0, 1.0)
   B, H, W, _ = images.shape
   rows, gap = -(-B // columns), max(1, H // 8)
   mosaic = np.ones((rows * (H + gap), columns * (W + gap), 3), np.float32)

@@ -1,6 +1,8 @@
-"""--mode=sample: restore a language model and generate text from a prompt.
+"""--mode=sample: restore a model and sample from it: text from a language model
+(a prompt, a KV cache), or images from a task that samples them (ddpm, gan).
 
     result = sample.generate_from_workdir(config, workdir)   # {"step", "samples": [...]}
+    # images: workdir/samples.npz (uint8 pixels) and workdir/plots/samples.png
 
 The prompt is prefilled into a KV cache in one call; then one jit-compiled loop
 (lax.fori_loop) decodes a token per step with temperature and top-k.
@@ -56,8 +58,12 @@ def generate_from_workdir(config, workdir: str) -> dict:
   workdir = os.path.abspath(os.path.expanduser(workdir))
   ckpt, wanted = checkpointing.open_for_reading(workdir, config.eval.step)
   s = setup.build(config)
+  if hasattr(s.task, "sample_images"):
+    return _images_from_workdir(config, workdir, s, ckpt, wanted)
   if not hasattr(s.data, "encode"):
-    raise UserError(f"--mode=sample needs a text dataset; data.name={config.data.name!r}")
+    raise UserError(f"--mode=sample needs a task that samples images (ddpm, gan) or a text "
+                    f"dataset; task {config.task.name!r} on data {config.data.name!r} has "
+                    "neither")
   sc = config.sample
   prompt = s.data.encode(sc.prompt)
   if len(prompt) == 0:
@@ -81,3 +87,31 @@ def generate_from_workdir(config, workdir: str) -> dict:
       for text in samples:
         f.write(f"--- step {wanted}, temperature {sc.temperature}, top_k {sc.top_k}\n{text}\n")
   return {"step": wanted, "mode": "sample", "samples": samples}
+
+
+def to_pixels(data, images_BxHxWxC):
+  """Images in the data's normalised units -> its raw pixel units, clipped to [0, 255]."""
+  raw = np.asarray(images_BxHxWxC) * getattr(data, "std", 1.0) + getattr(data, "mean", 0.0)
+  return np.clip(raw, 0.0, 255.0)
+
+
+def _images_from_workdir(config, workdir, s, ckpt, wanted) -> dict:
+  """Writes samples.npz (uint8 pixels) and plots/samples.png (a grid) in the workdir."""
+  sc = config.sample
+  if sc.num_images < 1:
+    raise UserError(f"sample.num_images={sc.num_images} must be >= 1")
+  target = checkpointing.sharded_target(s.abstract_state, s.state_sharding)
+  state = ckpt.restore(wanted, target, config=config)
+  ckpt.close()
+  images = s.task.sample_images(s.task.eval_params(state), state.model_state,
+                                jax.random.PRNGKey(sc.seed), sc.num_images)
+  pixels = to_pixels(s.data, images).round().astype(np.uint8)
+  out = {"step": wanted, "mode": "sample", "num_images": int(len(pixels))}
+  if jax.process_index() == 0:
+    from train_lib import plots
+    npz = os.path.join(workdir, "samples.npz")
+    np.savez_compressed(npz, images=pixels, step=wanted, seed=sc.seed)
+    grid = plots.image_grid(os.path.join(workdir, "plots", "samples.png"),
+                            pixels[:64].astype(np.float32) / 255.0, stretch=False)
+    out.update({"npz": npz, "grid": grid})
+  return out

@@ -14,6 +14,7 @@ config's peak learning rate, held constant, on one batch). Works on any mesh: ba
 and state keep their shardings, and only scalars and small statistics come to the host.
 """
 
+import copy
 import dataclasses
 import functools
 import json
@@ -119,8 +120,11 @@ class Context:
 
   @functools.cached_property
   def train_step(self):
-    s = self.s
-    fn = step.compile_train_step(s.model, s.task, self.tx, optax.constant_schedule(
+    s, task = self.s, self.s.task
+    if task.overfit_groups is not None:  # e.g. a GAN's discriminator alone
+      task = copy.copy(task)
+      task.groups = tuple(task.overfit_groups)
+    fn = step.compile_train_step(s.model, task, self.tx, optax.constant_schedule(
         self.learning_rate), self.config.optim.grad_accum_steps, self.state_sharding,
         self.batch_sharding, s.rules)
     writers.console("sanity: compiling the train step")
@@ -284,7 +288,8 @@ def layer_rows(model, task, abstract_state, batch):
   rows = {}
 
   def interceptor(next_fun, args, kwargs, context):
-    if context.method_name != "__call__":
+    root = not context.module.path and context.method_name != "setup"
+    if context.method_name != "__call__" and not root:  # the model itself: any method
       return next_fun(*args, **kwargs)
     path = "/".join(context.module.path)
     row = rows.setdefault(path, [type(context.module).__name__, None])

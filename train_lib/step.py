@@ -118,8 +118,9 @@ def train_step(state, batch, *, model, task, tx, schedule, accum_steps: int):
       opt_state = {**opt_state, group: new_opt}
       params = {**params, group: optax.apply_updates(params[group], updates)}
       all_grads[group], all_updates[group] = grads, updates
-  metrics_lib.check_stats(task.metrics, stats, type(task).__name__)
-  metrics = {**metrics_lib.finalize(task.metrics, stats),
+  metrics_lib.check_stats(task.metrics, stats, type(task).__name__, exact=single)
+  kinds = {k: task.metrics[k] for k in stats}
+  metrics = {**metrics_lib.finalize(kinds, stats),
              "grad_norm": optax.tree.norm(all_grads), "learning_rate": schedule(state.step),
              **rms_instruments("grad_rms", all_grads),
              **rms_instruments("param_rms", state.params),

@@ -39,6 +39,7 @@ class Task:
   groups = (None,)           # None: one optimizer over all parameters
   loss_floor = 0.0           # the least loss possible (sanity's overfit target)
   overfit_with_fixed_key = False  # sanity: overfit one batch with the step's key held fixed
+  overfit_groups = None      # sanity: the parameter groups that overfit one batch; None = all
   sample_outputs = ()        # what --mode=sample writes, if the task can sample
 
   def __init__(self, config, data, model):

@@ -40,6 +40,8 @@ class MaskedLanguageModeling(Task):
   unit = "tokens"
   metrics = {"loss": MEAN, "accuracy": MEAN}
   console = ("accuracy",)
+  # Overfitting one batch: memorising its tokens under one fixed draw of hidden positions.
+  overfit_with_fixed_key = True
 
   def __init__(self, config, data, model):
     super().__init__(config, data, model)
