@@ -66,5 +66,5 @@ def finalize(kinds: dict, stats: dict) -> dict:
       else:
         out[k] = jnp.where(weight > 0, total / jnp.where(weight > 0, weight, 1.0), jnp.nan)
     else:
-      out[k] = stats[k]
+      out[k] = stats[k] if isinstance(stats[k], jax.Array) else float(stats[k])
   return out
