@@ -7,7 +7,9 @@ updated in turn every step (the discriminator first), non-saturating loss.
 
 --mode=sample writes samples.npz and plots/samples.png; FID-FMNIST is the `fid`
 evaluator (--config.evals.fid.classifier=runs/fmnist_cnn, as for the DDPM).
-Measured: see README "Training frameworks".
+Measured (seed 0, one H200, jax 0.11.2, 2026-12-03; bench/frameworks.py): FID-FMNIST
+256 of 10,000 samples (floor 1.02, noise 699): the generator dropped modes (no shoes or
+bags in its grid); untuned. 209 steps/s, 80 s in all.
 """
 
 import ml_collections

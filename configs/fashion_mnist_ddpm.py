@@ -9,7 +9,9 @@ steps), an EMA of its weights evaluates and samples.
 in the features of a Fashion-MNIST classifier that Whetstone trains itself; not
 comparable with Inception FID) is the `fid` evaluator: train configs/fashion_mnist_cnn.py
 first and name its workdir, --config.evals.fid.classifier=runs/fmnist_cnn.
-Measured: see README "Training frameworks".
+Measured (seed 0, one H200, jax 0.11.2, 2026-12-03; bench/frameworks.py): FID-FMNIST
+10.3 of 10,000 samples (floor: train vs test 1.02; noise 699), held-out loss 0.0854;
+90 steps/s, 176 s in all with the FID.
 """
 
 import ml_collections
@@ -46,7 +48,7 @@ def get_config(arg=None):
       "name": "fid", "every": 0, "classifier": "", "num_samples": 10000,
       "batch_size": 1000, "references": True})
 
-  config.train.num_steps = 20000
+  config.train.num_steps = 10000
   config.train.log_every = 500
   config.train.eval_every = 5000
   config.train.checkpoint_every = 5000

@@ -7,7 +7,10 @@ without labels; a linear probe on its frozen features then reads the labels.
 The probe (evals.probe, at the end and in --mode=eval) reports `probe/accuracy` on the
 test split beside its two baselines, fitted the same way: `probe/pixels_accuracy` (the
 raw pixels) and `probe/init_accuracy` (this encoder at initialisation).
-Measured: see README "Training frameworks".
+Measured (seed 0, one H200, jax 0.11.2, 2026-12-03; bench/frameworks.py): probe test
+accuracy 0.862 against 0.843 on raw pixels and 0.817 on the encoder at initialisation;
+192 steps/s, 69 s in all. (The held-out NT-Xent is over batches of data.eval_batch_size,
+so it is not comparable with the training loss.)
 """
 
 import ml_collections
