@@ -60,10 +60,19 @@ def detect_cluster(env=os.environ):
     return "slurm"
   if "OMPI_MCA_orte_hnp_uri" in env and int(env.get("OMPI_COMM_WORLD_SIZE", 1)) > 1:
     return "openmpi"
-  from jax._src import cloud_tpu_init  # set when `import jax` found TPU chips and libtpu
-  if getattr(cloud_tpu_init, "running_in_cloud_tpu_vm", False):
+  if on_tpu_vm():
     return "tpu"
   return None
+
+
+def on_tpu_vm() -> bool:
+  """A TPU VM: libtpu installed and TPU chips present (the check jax makes at import,
+  done here with public means: jax's own flag for it is private)."""
+  import glob
+  import importlib.util
+  if importlib.util.find_spec("libtpu") is None:
+    return False
+  return bool(glob.glob("/dev/accel[0-9]*") or glob.glob("/dev/vfio/[0-9]*"))
 
 
 def initialize(coordinator_address: str = "", num_processes=None, process_id=None,
@@ -84,5 +93,6 @@ def preemption_synced() -> bool:
   """True in a multi-process run whose SIGTERM goes to JAX's preemption service: then
   multihost_utils.reached_preemption_sync_point picks the step every process saves."""
   import jax
-  from jax._src import distributed
-  return jax.process_count() > 1 and distributed.global_state.preemption_sync_manager is not None
+  # Several processes means jax.distributed is initialised; it starts the preemption
+  # service unless jax_enable_preemption_service is off.
+  return jax.process_count() > 1 and bool(jax.config.jax_enable_preemption_service)
