@@ -30,7 +30,7 @@ import train_lib
 from configs import base, digits_mlp
 from helpers import REPO, last_json, main_env, read_metrics, run_main
 from input_pipeline import builders
-from train_lib import checkpointing, guards, loop
+from train_lib import checkpointing, guards, loop, setup
 from train_lib.errors import Diverged, UserError
 
 STEPS = 60
@@ -71,7 +71,7 @@ def train_losses(workdir):
 @pytest.fixture(scope="module", autouse=True)
 def compilation_cache():
   """In-process runs use main.py's persistent compilation cache, as train_lib.run does."""
-  train_lib.enable_compilation_cache(base.get_config().train.compilation_cache)
+  setup.enable_compilation_cache(base.get_config().train.compilation_cache)
 
 
 @pytest.fixture(scope="module")

@@ -14,15 +14,6 @@ from train_lib.errors import ChecksFailed, Diverged, Preempted, UserError  # noq
 MODES = ("train", "eval", "sample", "shardings", "ablate", "sanity", "lr_range")
 
 
-def enable_compilation_cache(path: str):
-  """Compiled steps persist across restarts: a rerun skips XLA compilation."""
-  import os
-  import jax
-  if path:
-    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(path))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-
-
 def run(mode: str, config, workdir: str) -> dict:
   from train_lib import config_reads
   config = config_reads.track(config)
@@ -38,7 +29,7 @@ def _run(mode: str, config, workdir: str) -> dict:
     return ablate.run(config, workdir)
   if "variants" in config:
     raise UserError(f"this is an ablation config; run it with --mode=ablate, not {mode}")
-  enable_compilation_cache(config.train.compilation_cache)
+  setup.enable_compilation_cache(config.train.compilation_cache)
   if mode == "train":
     return loop.train(config, workdir)
   if mode == "eval":

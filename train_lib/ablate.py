@@ -195,8 +195,7 @@ def run(abl, workdir: str) -> dict:
   workdir = setup.prepare_workdir(workdir)
   plan = Plan(abl)
   config_reads.report(abl, "ablate")
-  import train_lib
-  train_lib.enable_compilation_cache(plan.configs[BASELINE].train.compilation_cache)
+  setup.enable_compilation_cache(plan.configs[BASELINE].train.compilation_cache)
   with open(os.path.join(workdir, "ablation_config.json"), "w") as f:
     f.write(abl.to_json_best_effort(indent=2, sort_keys=True) + "\n")
   total, runs, limit = len(plan.configs) * len(plan.seeds), {}, None

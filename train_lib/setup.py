@@ -130,3 +130,10 @@ def prepare_workdir(workdir: str) -> str:
     raise UserError(f"workdir {workdir} is not writable ({e.strerror}); "
                     "choose another --workdir") from None
   return workdir
+
+
+def enable_compilation_cache(path: str):
+  """Compiled steps persist across restarts: a rerun skips XLA compilation."""
+  if path:
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
