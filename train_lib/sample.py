@@ -64,6 +64,9 @@ def generate_from_workdir(config, workdir: str) -> dict:
     raise UserError(f"--mode=sample needs a task that samples images (ddpm, gan) or a text "
                     f"dataset; task {config.task.name!r} on data {config.data.name!r} has "
                     "neither")
+  if not getattr(s.model, "causal", True):
+    raise UserError(f"--mode=sample generates text left to right; task {config.task.name!r} "
+                    "trains a bidirectional model (model.causal=False), which cannot")
   sc = config.sample
   prompt = s.data.encode(sc.prompt)
   if len(prompt) == 0:
