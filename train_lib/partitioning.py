@@ -125,6 +125,14 @@ def describe(abstract_state, shardings) -> str:
   return "\n".join(lines)
 
 
+def to_host(x) -> np.ndarray:
+  """A global jax.Array as one numpy array, whole on every process."""
+  if x.is_fully_addressable:
+    return np.asarray(x)
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
 def check_batch(batch_size: int, mesh: Mesh, name: str):
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
   if batch_size % shards:

@@ -112,7 +112,7 @@ class Context:
   @functools.cached_property
   def host_batches(self):
     """The batches as numpy arrays, whole on every process."""
-    return [jax.tree.map(_to_host, b) for b in self.batches]
+    return [jax.tree.map(partitioning.to_host, b) for b in self.batches]
 
   def fresh_state(self):
     """A copy of the initial state (the train step donates the state it is given)."""
@@ -513,13 +513,6 @@ CHECKS = (("data", check_data), ("model", check_model), ("initial_loss", check_i
 
 
 # ---------------------------------------------------------------------- utilities
-
-
-def _to_host(x):
-  if x.is_fully_addressable:
-    return np.asarray(x)
-  from jax.experimental import multihost_utils
-  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def _shape(x) -> str:

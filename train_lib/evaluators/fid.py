@@ -22,7 +22,7 @@ import flax.linen as nn
 from train_lib import capsule, checkpointing, setup as setup_lib, writers
 from train_lib.errors import UserError
 from train_lib.evaluators import Evaluator, register
-from train_lib.evaluators.linear_probe import to_host
+from train_lib.partitioning import to_host
 from train_lib.sample import to_pixels
 
 

@@ -21,15 +21,9 @@ import numpy as np
 import optax
 
 from train_lib import state as state_lib
+from train_lib.partitioning import to_host
 from train_lib.errors import UserError
 from train_lib.evaluators import Evaluator, register
-
-
-def to_host(x):
-  if x.is_fully_addressable:
-    return np.asarray(x)
-  from jax.experimental import multihost_utils
-  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes", "steps"))

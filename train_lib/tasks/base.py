@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from train_lib import plots
+from train_lib.errors import UserError
 from train_lib.metrics import MAX, MEAN, SUM, mean  # noqa: F401  (re-exported for tasks)
 
 
@@ -94,6 +95,30 @@ class Task:
   def save_examples(self, folder: str, host_batch) -> str:
     """Writes a few training examples as the model sees them (sanity's data check); the path."""
     return ""
+
+
+class ImageTask(Task):
+  """A task on images [B, H, W, C]: refuses other data, knows the pixel range [0, 255] in
+  the data's normalised units (self.low, self.high), shows examples as a grid."""
+
+  def __init__(self, config, data, model):
+    super().__init__(config, data, model)
+    if getattr(data, "example_shape", None) is None or len(data.example_shape) != 3:
+      raise UserError(f"data.name={data.config.name!r} is not an image dataset; task "
+                      f"{config.name!r} needs images")
+    m, s = getattr(data, "mean", 0.0), getattr(data, "std", 1.0)
+    self.low, self.high = (0.0 - m) / s, (255.0 - m) / s
+
+  def save_examples(self, folder, host_batch):
+    return save_image_examples(folder, host_batch["image"], host_batch.get("label"))
+
+
+def sample_in_batches(sample_batch, key, num: int, batch_size: int):
+  """num samples as one numpy array, drawn batch_size at a time by sample_batch(key, n);
+  the batch that starts at sample i draws from fold_in(key, i)."""
+  return np.concatenate([
+      np.asarray(sample_batch(jax.random.fold_in(key, i), min(batch_size, num - i)))
+      for i in range(0, num, batch_size)])
 
 
 def save_image_examples(folder: str, images, labels=None) -> str:

@@ -20,7 +20,7 @@ import numpy as np
 
 from train_lib.errors import UserError
 from train_lib.tasks import register
-from train_lib.tasks.base import MEAN, Task, mean, save_image_examples
+from train_lib.tasks.base import MEAN, ImageTask, mean, sample_in_batches
 
 SCHEDULES = ("linear", "cosine")
 
@@ -51,15 +51,12 @@ def diffusion_loss(eps_fn, x0_BxHxWxC, key, alpha_bar_T):
 
 
 @register("ddpm")
-class DDPM(Task):
+class DDPM(ImageTask):
   metrics = {"loss": MEAN}
   loss_floor = 0.0
 
   def __init__(self, config, data, model):
     super().__init__(config, data, model)
-    if getattr(data, "example_shape", None) is None or len(data.example_shape) != 3:
-      raise UserError(f"data.name={data.config.name!r} is not an image dataset; ddpm needs "
-                      "images")
     self.T = config.get("timesteps", 1000)
     schedule = config.get("schedule", "cosine")
     if schedule not in SCHEDULES:
@@ -73,9 +70,6 @@ class DDPM(Task):
     self.sample_steps, self.eta = config.get("sample_steps", 250), config.get("eta", 1.0)
     if not 1 <= self.sample_steps <= self.T:
       raise UserError(f"task.sample_steps={self.sample_steps} must be in [1, {self.T}]")
-    # The data's pixel range [0, 255] in its normalised units, for clipping x0.
-    m, s = getattr(data, "mean", 0.0), getattr(data, "std", 1.0)
-    self.low, self.high = (0.0 - m) / s, (255.0 - m) / s
 
   def init_inputs(self, batch):
     x = batch["image"]
@@ -108,12 +102,10 @@ class DDPM(Task):
 
   # -- sampling -----------------------------------------------------------------------
   def sample_images(self, params, model_state, key, num: int, batch_size: int = 500):
-    """num images [N, H, W, C] in the data's normalised units."""
-    out = []
-    for i in range(0, num, batch_size):
-      n = min(batch_size, num - i)
-      out.append(np.asarray(self._sampler(n)(params, model_state, jax.random.fold_in(key, i))))
-    return np.concatenate(out)
+    """num images [N, H, W, C] in the data's normalised units (x0 clipped to the pixel
+    range)."""
+    return sample_in_batches(lambda k, n: self._sampler(n)(params, model_state, k), key, num,
+                             batch_size)
 
   @functools.lru_cache(maxsize=4)
   def _sampler(self, n: int):
@@ -142,6 +134,3 @@ class DDPM(Task):
       x, _ = jax.lax.fori_loop(0, len(ts), step, (jax.random.normal(k0, shape), key))
       return x
     return run
-
-  def save_examples(self, folder, host_batch):
-    return save_image_examples(folder, host_batch["image"], host_batch.get("label"))

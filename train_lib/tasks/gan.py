@@ -16,15 +16,14 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from train_lib.errors import UserError
 from train_lib.tasks import register
-from train_lib.tasks.base import MEAN, Task, mean, save_image_examples
+from train_lib.tasks.base import MEAN, ImageTask, mean, sample_in_batches
 
 
 @register("gan")
-class GAN(Task):
+class GAN(ImageTask):
   metrics = {"loss": MEAN, "g_loss": MEAN, "d_accuracy": MEAN}
   console = ("g_loss", "d_accuracy")
   groups = ("discriminator", "generator")
@@ -36,9 +35,6 @@ class GAN(Task):
 
   def __init__(self, config, data, model):
     super().__init__(config, data, model)
-    if getattr(data, "example_shape", None) is None or len(data.example_shape) != 3:
-      raise UserError(f"data.name={data.config.name!r} is not an image dataset; gan needs "
-                      "images")
     for method in ("generate", "discriminate"):
       if not hasattr(model, method):
         raise UserError(f"model {type(model).__name__} has no {method}(); the gan task needs "
@@ -47,8 +43,6 @@ class GAN(Task):
       raise UserError(f"model.image_shape={tuple(model.image_shape)} differs from the data's "
                       f"{tuple(data.example_shape)}")
     self.latent_dim = model.latent_dim
-    m, s = getattr(data, "mean", 0.0), getattr(data, "std", 1.0)
-    self.low, self.high = (0.0 - m) / s, (255.0 - m) / s
 
   def _to_data(self, g):   # [-1, 1] -> the data's normalised pixel range
     return self.low + (g + 1) / 2 * (self.high - self.low)
@@ -84,11 +78,7 @@ class GAN(Task):
     return 2 * math.log(2)   # without looking at the image it cannot do better
 
   def sample_images(self, params, model_state, key, num: int, batch_size: int = 1000):
-    out = []
-    for i in range(0, num, batch_size):
-      n = min(batch_size, num - i)
-      out.append(np.asarray(self._sampler(n)(params, jax.random.fold_in(key, i))))
-    return np.concatenate(out)
+    return sample_in_batches(lambda k, n: self._sampler(n)(params, k), key, num, batch_size)
 
   @functools.lru_cache(maxsize=4)
   def _sampler(self, n: int):
@@ -97,6 +87,3 @@ class GAN(Task):
       z = jax.random.normal(key, (n, self.latent_dim))
       return self._to_data(self.model.apply({"params": params}, z, method="generate"))
     return run
-
-  def save_examples(self, folder, host_batch):
-    return save_image_examples(folder, host_batch["image"], host_batch.get("label"))

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from train_lib.errors import UserError
 from train_lib.tasks import register
-from train_lib.tasks.base import MEAN, Task, mean, save_image_examples
+from train_lib.tasks.base import MEAN, ImageTask, mean
 
 
 def nt_xent(z_2BxP, temperature: float, valid_2B=None):
@@ -74,7 +74,7 @@ def augment(key, x_BxHxWxC, min_crop: float, flip: bool, jitter: float):
 
 
 @register("simclr")
-class SimCLR(Task):
+class SimCLR(ImageTask):
   metrics = {"loss": MEAN, "accuracy": MEAN}
   console = ("accuracy",)
   # Overfitting one batch: memorising one fixed pair of views of each of its images.
@@ -82,9 +82,6 @@ class SimCLR(Task):
 
   def __init__(self, config, data, model):
     super().__init__(config, data, model)
-    if getattr(data, "example_shape", None) is None or len(data.example_shape) != 3:
-      raise UserError(f"data.name={data.config.name!r} is not an image dataset; simclr "
-                      "needs images")
     self.temperature = config.get("temperature", 0.5)
     self.min_crop = config.get("min_crop", 0.3)
     self.flip, self.jitter = config.get("flip", True), config.get("jitter", 0.4)
@@ -126,6 +123,3 @@ class SimCLR(Task):
 
   def input_free_loss(self, host_batch):
     return self._chance(host_batch["image"].shape[0])
-
-  def save_examples(self, folder, host_batch):
-    return save_image_examples(folder, host_batch["image"], host_batch.get("label"))
