@@ -1,4 +1,4 @@
-"""Whetstone entry point: parse flags, call train_lib.run.
+"""Whetstone entry point: parse flags, call train_lib.modes.run.
 
     python main.py --config=configs/default.py --workdir=runs/default
     python main.py --config=configs/default.py:runlocal --workdir=/tmp/d --config.seed=1
@@ -39,8 +39,8 @@ class _ConfigParser(flags.ArgumentParser):
   def parse(self, path):
     if not path.endswith(".json"):
       return self.file_parser.parse(path)
-    from train_lib import capsule
-    config = capsule.read_config(path)
+    from train_lib import config_io  # after JAX's flags are parsed
+    config = config_io.from_json(path)
     config.lock()
     return config
 
@@ -113,12 +113,12 @@ def main(argv):
   if len(argv) > 1:
     fail(f"unexpected arguments {argv[1:]}; every option is a --flag")
   _check_typed(_CONFIG.value)
-  import train_lib
+  import train_lib  # here, not at the top: a flag error is reported before the stack loads
+  from train_lib import distributed, modes
   logging.set_verbosity(logging.ERROR)
   try:
-    train_lib.distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value,
-                                     _PROCESS_ID.value)
-    result = train_lib.run(_MODE.value, _CONFIG.value, _WORKDIR.value)
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    result = modes.run(_MODE.value, _CONFIG.value, _WORKDIR.value)
   except (train_lib.UserError, train_lib.Diverged, train_lib.Preempted,
           train_lib.ChecksFailed) as e:
     fail(str(e), e.exit_code)

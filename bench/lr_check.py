@@ -21,7 +21,8 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from train_lib import loop, lr_range  # noqa: E402
+from train_lib import loop  # noqa: E402
+from train_lib.tools import lr_range
 
 GRID = "1e-4,3e-4,1e-3,3e-3,1e-2,3e-2,1e-1"
 

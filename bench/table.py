@@ -1,19 +1,17 @@
-"""A benchmark's closing table and JSON record (no framework imports: the PyTorch peer uses it).
+"""A benchmark's closing table (train_lib.writers.table) and JSON record.
 
     print_table([("variant", -28, lambda r: r["variant"]), ("tokens/s", 11,
                  lambda r: f"{r['tokens_per_sec']:,.0f}")], rows, label_columns=1)
     write_json(path, peak, device_name, rows)
     rows.append({"error": error(exc)})      # a failed row: the exception's first line
 
-A column is (header, width, cell): a negative width aligns left. A row with an "error"
-prints its first label_columns cells, then the error.
+A column is (header, width, cell): a negative width aligns left (columns size themselves
+to their cells). A row with an "error" shows its first label_columns cells, then the error.
 """
 
 import json
 
-
-def _cell(text, width):
-  return f"{text:<{-width}}" if width < 0 else f"{text:>{width}}"
+from train_lib import writers
 
 
 def error(exc, limit=120) -> str:
@@ -25,10 +23,13 @@ def memory_gb(r) -> str:
 
 
 def print_table(columns, rows, label_columns=1):
-  print("".join(_cell(header, width) for header, width, _ in columns))
-  for r in rows:
-    shown = columns[:label_columns] if "error" in r else columns
-    line = "".join(_cell(cell(r), width) for _, width, cell in shown)
+  cells = [[cell(r) for _, _, cell in (columns[:label_columns] if "error" in r else columns)]
+           for r in rows]
+  right = [i for i, (_, width, _) in enumerate(columns) if width > 0]
+  text = writers.table([header for header, _, _ in columns], cells, right=right)
+  header, *lines = text.splitlines()
+  print(header)
+  for line, r in zip(lines, rows):
     print(line + (f"  {r['error']}" if "error" in r else ""))
 
 

@@ -29,7 +29,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from bench import table  # noqa: E402
-from train_lib import ablate, partitioning, setup, state as state_lib, step  # noqa: E402
+from train_lib import config_io, partitioning, setup, state as state_lib, step  # noqa: E402
+from train_lib.tools import ablate  # noqa: E402
 
 
 def load_config(spec):
@@ -37,14 +38,10 @@ def load_config(spec):
 
 
 def apply_overrides(config, overrides):
+  """"a.b=1,c.d=x" onto config, each value parsed to its field's type."""
   for item in filter(None, overrides.split(",")):
     key, _, value = item.partition("=")
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    kind = type(node[leaf])
-    node[leaf] = (value.lower() in ("1", "true")) if kind is bool else kind(value)
+    config_io.set_field(config, key, value)
 
 
 def matmul_peak_tflops(n=8192, reps=20):

@@ -84,6 +84,10 @@ def get_config():
   config.optim.nesterov = False        # sgd
   config.optim.clip_norm = 0.0         # global-norm clipping; 0 = off
   config.optim.grad_accum_steps = 1    # micro-batches per step; batch_size must divide
+  # A task with several parameter groups (a GAN's generator and discriminator) gets one
+  # optimizer per group; optim.groups.NAME overrides fields of optim for group NAME,
+  # e.g. optim.groups.discriminator = ConfigDict({"learning_rate": 4e-4}).
+  config.optim.groups = ml_collections.ConfigDict()
 
   config.train = ml_collections.ConfigDict()
   config.train.num_steps = 1000

@@ -12,6 +12,8 @@ import sys
 import grain
 import jax
 import numpy as np
+from array_record.python import array_record_module
+from jax.experimental import multihost_utils
 
 import plugins
 
@@ -43,7 +45,6 @@ def prepare(builder):
     except AssertionError as e:  # TFDS asserts that every split yields examples
       raise DataError(f"{builder.name}: {e}") from None
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices(f"prepared {builder.name}")
     if jax.process_index() > 0:  # this builder still describes the unprepared folder
       builder = tfds.builder_from_directory(builder.data_dir)
@@ -65,7 +66,6 @@ def open_split(splits, split: str, name: str):
 
 
 def check_shard(path: str, name: str):
-  from array_record.python import array_record_module
   fix = (f"prepare dataset {name!r} again: delete {os.path.dirname(path)} and rerun "
          "(built-in datasets rebuild themselves) or run `tfds build`")
   if not os.path.isfile(path):

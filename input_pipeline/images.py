@@ -5,6 +5,7 @@
 """
 
 import dataclasses
+import glob
 import os
 from typing import Any
 
@@ -90,8 +91,7 @@ def open_source(config, seed: int = 0) -> Source:
 
 
 def _catalogue_prepared(name, data_dir) -> bool:
-  import glob
-  import tensorflow_datasets as tfds
+  import tensorflow_datasets as tfds  # slow to import; only catalogue datasets need it
   if not glob.glob(os.path.join(data_dir, name.split(":")[0], "*", "dataset_info.json")):
     return False
   try:

@@ -203,3 +203,32 @@ def test_bidirectional_attention_sees_ahead_and_padding_is_hidden():
   others = [0, 1, 2, 3, 4, 6, 7]
   np.testing.assert_allclose(run(False, tokens, mask=mask)[:, others],
                              run(False, later, mask=mask)[:, others], rtol=1e-6, atol=1e-6)
+
+
+def test_parameter_groups_get_their_own_optimizer_settings(tfds_dir):
+  """optim.groups.NAME overrides optim for one group: a discriminator with learning rate 0
+  stays as initialised while the generator trains; a group the task lacks is refused."""
+  import ml_collections
+  from configs import fashion_mnist_dcgan
+  from train_lib import partitioning, setup, state as state_lib, step
+  from train_lib.errors import UserError
+  config = fashion_mnist_dcgan.get_config("runlocal")
+  config.data.tfds_dir = tfds_dir
+  config.optim.groups.discriminator = ml_collections.ConfigDict({"learning_rate": 0.0})
+  s = setup.build(config, jax.devices()[:1])
+  state = state_lib.create(s.model, s.tx, s.task, s.dummy_batch, config.seed, s.state_sharding)
+  before = jax.device_get(state.params)
+  train_step = step.compile_train_step(s.model, s.task, s.tx, s.schedule, 1, s.state_sharding,
+                                       partitioning.batch_sharding(s.mesh), s.rules)
+  for _ in range(2):
+    state, metrics = train_step(state, s.data.next_train())
+  after = jax.device_get(state.params)
+  assert float(metrics["learning_rate/discriminator"]) == 0.0
+  assert float(metrics["learning_rate/generator"]) == np.float32(config.optim.learning_rate)
+  assert_same_arrays(after["discriminator"], before["discriminator"])
+  changed = jax.tree.leaves(jax.tree.map(lambda a, b: bool((a != b).any()),
+                                         after["generator"], before["generator"]))
+  assert all(changed)
+  config.optim.groups.critic = ml_collections.ConfigDict({"learning_rate": 1e-4})
+  with pytest.raises(UserError, match=r"optim.groups names \['critic'\]"):
+    setup.build(config, jax.devices()[:1])

@@ -10,7 +10,7 @@ import pytest
 
 from configs import base, digits_mlp
 from helpers import last_json, run_main
-from train_lib import lr_range
+from train_lib.tools import lr_range
 from train_lib.errors import UserError
 
 

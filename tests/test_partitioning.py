@@ -1,9 +1,12 @@
 """Sharding on 8 fake CPU devices: data parallel, FSDP, tensor parallel and their mixes
 give one device's losses; FSDP holds about 1/8 of the state per device."""
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import PartitionSpec as P
 
 from configs import base, gpt2_124m
 from tests.test_train_lib import run_steps, tiny_config
@@ -88,8 +91,12 @@ def test_image_model_fsdp_matches_data_parallel(tfds_dir):
 
 def test_indivisible_dimensions_replicate_and_bad_rules_are_refused():
   mesh = jax.make_mesh((1, 8, 1), partitioning.AXES)
-  rules = partitioning.check_rules(base.get_config().mesh.rules, mesh)
-  assert tuple(partitioning.spec_for(("embed", "mlp"), (12, 16), rules, mesh)) == (None, None)
-  assert tuple(partitioning.spec_for(("embed", "mlp"), (16, 16), rules, mesh)) == ("fsdp", None)
+  box = lambda shape: nn.Partitioned(jax.ShapeDtypeStruct(shape, jnp.float32), ("embed", "mlp"))
+  boxed = {"odd": box((12, 16)), "even": box((16, 16)),
+           "step": jax.ShapeDtypeStruct((), jnp.int32)}
+  shardings = partitioning.state_sharding(mesh, boxed, base.get_config().mesh.rules)
+  assert shardings["odd"].spec == P(None, None)      # 12 rows over fsdp=8: replicated
+  assert shardings["even"].spec == P("fsdp", None)   # mlp -> tensor, of size 1: left out
+  assert shardings["step"].spec == P()
   with pytest.raises(UserError, match="unknown mesh axes"):
     partitioning.check_rules((("embed", "model"),), mesh)

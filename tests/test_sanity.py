@@ -12,7 +12,7 @@ import pytest
 
 from helpers import run_main
 from input_pipeline.base import Data
-from train_lib import sanity
+from train_lib.tools import sanity
 from train_lib.errors import ChecksFailed
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

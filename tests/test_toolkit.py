@@ -10,7 +10,8 @@ import os
 import pytest
 
 from helpers import REPO, last_json, read_metrics, run_main
-from train_lib import capsule
+from train_lib import config_io
+from train_lib.tools import capsule
 
 
 def train_losses(workdir):
@@ -63,7 +64,7 @@ def test_read_config_restores_the_types_of_the_written_config(tmp_path, name):
   config = importlib.import_module(f"configs.{name}").get_config()
   path = tmp_path / "config.json"
   path.write_text(config.to_json_best_effort(indent=2, sort_keys=True))
-  back = capsule.read_config(str(path))
+  back = config_io.from_json(str(path))
   flat = lambda c: {k: (v, type(v)) for k, v in _flatten(c)}
   assert flat(back) == flat(config)
   assert isinstance(back.model, ml_collections.ConfigDict)
@@ -133,7 +134,7 @@ def healthy(n=30, start=2.3, floor=0.2, noise=0.01):
      [1.6, 1.15, 0.95, 0.9, 0.92, 0.97]),
 ])
 def test_diagnose_finds_each_pattern(kind, train, evals):
-  from train_lib import diagnosis
+  from train_lib.tools import diagnosis
   found = diagnosis.diagnose(curve(train), curve(evals, every=20)[:len(evals)],
                              num_steps=10 * len(train), initial_loss=2.303)
   assert [f["kind"] for f in found] == [kind], found
@@ -142,7 +143,7 @@ def test_diagnose_finds_each_pattern(kind, train, evals):
 
 
 def test_diagnose_stays_quiet_on_a_healthy_run():
-  from train_lib import diagnosis
+  from train_lib.tools import diagnosis
   train = healthy()
   evals = [v + 0.05 for v in train[1::2]]   # held-out a little above train, falling with it
   assert diagnosis.diagnose(curve(train), curve(evals, every=20), 300, 2.303) == []
@@ -153,14 +154,14 @@ def test_diagnose_stays_quiet_on_a_healthy_run():
 
 def test_a_run_that_cannot_learn_and_one_that_blows_up_are_diagnosed(tmp_path, tfds_dir,
                                                                      capsys):
-  import train_lib
+  from train_lib import modes
   from configs import digits_mlp
   config = digits_mlp.get_config("runlocal")
   config.data.tfds_dir = tfds_dir
   config.optim.learning_rate = 0.0
   config.optim.warmup_steps = 0
   config.train.num_steps, config.train.log_every, config.train.eval_every = 24, 3, 12
-  train_lib.run("train", config, str(tmp_path / "zero"))
+  modes.run("train", config, str(tmp_path / "zero"))
   err = capsys.readouterr().err
   plateau = [l for l in err.splitlines() if l.startswith("diagnosis: plateau")]
   assert len(plateau) == 1 and "learning rate" in plateau[0], err
@@ -173,7 +174,7 @@ def test_a_run_that_cannot_learn_and_one_that_blows_up_are_diagnosed(tmp_path, t
 
   config.optim.name, config.optim.learning_rate = "sgd", 1e6
   with pytest.raises(train_lib.Diverged):
-    train_lib.run("train", config, str(tmp_path / "nan"))
+    modes.run("train", config, str(tmp_path / "nan"))
   assert "diagnosis: non_finite at step 3" in capsys.readouterr().err
   saved = json.load(open(tmp_path / "nan" / "diagnosis.json"))
   assert [f["kind"] for f in saved["findings"]] == ["non_finite"]
@@ -212,14 +213,14 @@ def digits_ablation(**changes):
     ({"baseline": {"config": "configs/nothing.py", "overrides": ()}}, "configs/nothing.py"),
 ])
 def test_ablation_config_errors_name_the_problem(tfds_dir, change, message):
-  from train_lib import ablate
+  from train_lib.tools import ablate
   from train_lib.errors import UserError
   with pytest.raises(UserError, match=message.replace("(", r"\(").replace("?", r"\?")):
     ablate.Plan(digits_ablation(**change))
 
 
 def test_ablation_plan_scales_the_baseline_and_finds_the_check_step(tfds_dir):
-  from train_lib import ablate
+  from train_lib.tools import ablate
   from train_lib.errors import UserError
   plan = ablate.Plan(digits_ablation())
   base = plan.configs["baseline"]
@@ -235,10 +236,10 @@ def test_ablation_plan_scales_the_baseline_and_finds_the_check_step(tfds_dir):
 
 def test_ablation_stops_a_worse_variant_and_rerun_skips_finished_runs(tmp_path, tfds_dir,
                                                                        capfd):
-  import train_lib
+  from train_lib import modes
   abl = digits_ablation()
   abl.baseline.overrides += (("data.tfds_dir", tfds_dir),)
-  summary = train_lib.run("ablate", abl, str(tmp_path))
+  summary = modes.run("ablate", abl, str(tmp_path))
   rows = {r["variant"]: r for r in summary["rows"]}
   assert list(rows) == ["baseline", "no_learning", "weight_decay"]
   assert rows["no_learning"]["stopped"] and not rows["weight_decay"]["stopped"]
@@ -259,7 +260,7 @@ def test_ablation_stops_a_worse_variant_and_rerun_skips_finished_runs(tmp_path, 
   first = capfd.readouterr().err
   assert "compiled train step" in first and "is set but nothing" not in first
 
-  again = train_lib.run("ablate", abl, str(tmp_path))
+  again = modes.run("ablate", abl, str(tmp_path))
   assert again == summary
   assert "compiled train step" not in capfd.readouterr().err   # every run was finished
 
@@ -295,7 +296,7 @@ def test_ablation_configs_are_configs(path):
       assert all(n.split(".")[0] in ("ml_collections", "configs") for n in names), path
   if path.endswith("__init__.py"):
     return
-  from train_lib import ablate
+  from train_lib.tools import ablate
   name = os.path.basename(path)[:-3]
   for arg in (None, "runlocal"):
     plan = ablate.Plan(importlib.import_module(f"configs.ablations.{name}").get_config(arg))

@@ -28,6 +28,7 @@ import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from train_lib import writers
 from train_lib.errors import UserError
@@ -308,7 +309,6 @@ class Checkpointer:
       os.makedirs(os.path.dirname(dest), exist_ok=True)
       shutil.move(os.path.join(self.directory, str(step)), dest)
     if jax.process_count() > 1:
-      from jax.experimental import multihost_utils
       multihost_utils.sync_global_devices(f"moved step {step} aside")
     self.manager.reload()
     return dest

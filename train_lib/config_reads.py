@@ -13,6 +13,7 @@ mode leaves unread by design are listed in UNREAD_BY_DESIGN.
 
 import ml_collections
 
+from configs import base
 from train_lib import writers
 
 # What each mode never reads, on purpose: unread fields under these prefixes are not
@@ -99,7 +100,6 @@ def unread(config, mode: str) -> list:
   """[(path, value)] of the fields set by the experiment that nothing has read."""
   if not isinstance(config, _TrackedConfigDict):
     return []
-  from configs import base
   reads, defaults = config.__dict__["_reads"], dict(_leaves(base.get_config()))
   skip = UNREAD_BY_DESIGN.get(mode, ())
   reads.paused += 1

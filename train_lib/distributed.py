@@ -9,7 +9,11 @@ than one task (SLURM), Open MPI's mpirun, a Cloud TPU VM; JAX reads the rest fro
 Anything else, or --num_processes=1, is a single-process run over all the local devices.
 """
 
+import glob
+import importlib.util
 import os
+
+import jax
 
 from train_lib.errors import UserError
 
@@ -68,8 +72,6 @@ def detect_cluster(env=os.environ):
 def on_tpu_vm() -> bool:
   """A TPU VM: libtpu installed and TPU chips present (the check jax makes at import,
   done here with public means: jax's own flag for it is private)."""
-  import glob
-  import importlib.util
   if importlib.util.find_spec("libtpu") is None:
     return False
   return bool(glob.glob("/dev/accel[0-9]*") or glob.glob("/dev/vfio/[0-9]*"))
@@ -81,7 +83,6 @@ def initialize(coordinator_address: str = "", num_processes=None, process_id=Non
   kwargs = plan(coordinator_address, num_processes, process_id, env)
   if kwargs is None:
     return False
-  import jax
   try:
     jax.distributed.initialize(**kwargs)
   except ValueError as e:  # JAX could not complete the layout from the environment
@@ -92,7 +93,6 @@ def initialize(coordinator_address: str = "", num_processes=None, process_id=Non
 def preemption_synced() -> bool:
   """True in a multi-process run whose SIGTERM goes to JAX's preemption service: then
   multihost_utils.reached_preemption_sync_point picks the step every process saves."""
-  import jax
   # Several processes means jax.distributed is initialised; it starts the preemption
   # service unless jax_enable_preemption_service is off.
   return jax.process_count() > 1 and bool(jax.config.jax_enable_preemption_service)

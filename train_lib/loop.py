@@ -14,9 +14,10 @@ import time
 import jax
 import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
-from train_lib import capsule, checkpointing, config_reads, diagnosis, distributed
-from train_lib import evaluators, guards, metrics as metrics_lib, partitioning, plots
+from train_lib import checkpointing, config_reads, distributed, evaluators, guards
+from train_lib import metrics as metrics_lib, partitioning
 from train_lib import setup as setup_lib, state as state_lib, step, writers
 from train_lib.errors import Diverged, Preempted, UserError
 
@@ -35,9 +36,14 @@ def progress_line(task, current: int, num_steps: int, means: dict) -> str:
 
 
 def train(config, workdir: str, watchers=()) -> dict:
-  """Trains, evaluates and checkpoints. Each watcher sees every logged point (train and
-  eval metrics) and may stop the run there: a checkpoint is saved and the result says
-  "stopped_early". A diagnosis.Doctor always watches."""
+  """Trains, evaluates and checkpoints.
+
+  A watcher is called as watcher(step, split, metrics) at every logged point (train and
+  eval metrics) and may stop the run there by returning True: a checkpoint is saved and
+  the result says "stopped_early". Optional methods: watcher.start(setup, workdir) once the
+  checks have passed and the workdir is locked, before the first step; watcher.finish(
+  result) after a run that ends without an error. train_lib.tools.train attaches the
+  researcher's watchers (the run record, the diagnosis, the loss curves)."""
   workdir = setup_lib.prepare_workdir(workdir)
   with checkpointing.lock_workdir(workdir):
     return _train(config, workdir, watchers)
@@ -45,10 +51,10 @@ def train(config, workdir: str, watchers=()) -> dict:
 
 def _train(config, workdir: str, watchers) -> dict:
   s = setup_lib.build(config)
-  capsule.write(workdir, config)
+  for watcher in watchers:
+    if hasattr(watcher, "start"):
+      watcher.start(s, workdir)
   tc = config.train
-  doctor = diagnosis.Doctor(workdir, tc.num_steps, config.data.eval_split,
-                            s.task.initial_loss())
   batch_sharding = partitioning.batch_sharding(s.mesh)
   evals = evaluators.Suite(config, s, workdir)
   ckpt = checkpointing.Checkpointer(workdir, tc)
@@ -69,7 +75,7 @@ def _train(config, workdir: str, watchers) -> dict:
     result = None
     if start < tc.num_steps:
       result = _train_loop(config, s, state, ckpt, writer, evals, batch_sharding, start,
-                           [doctor, *watchers])
+                           watchers)
     else:
       writers.console(f"already trained to step {start}; evaluating")
     if result is None:  # already trained: `state` is the newest checkpoint, restored above
@@ -81,9 +87,9 @@ def _train(config, workdir: str, watchers) -> dict:
     raise
   finally:
     writer.close()
-  doctor.finish()
-  if jax.process_index() == 0:
-    plots.loss_curves(workdir, f"{config.model.name} on {config.data.name}")
+  for watcher in watchers:
+    if hasattr(watcher, "finish"):
+      watcher.finish(result)
   return result
 
 
@@ -112,7 +118,6 @@ class StopSignals:
   def requested(self, steps_run: int) -> bool:
     """Whether to save and stop after this step; call it after every step."""
     if self.synced:
-      from jax.experimental import multihost_utils
       return multihost_utils.reached_preemption_sync_point(steps_run)
     return self.signum is not None
 

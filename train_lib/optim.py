@@ -1,6 +1,8 @@
 """config.optim -> an optax GradientTransformation and its learning-rate schedule.
 
     tx, schedule = optim.build(config.optim, total_steps=config.train.num_steps)
+    txs, schedules = optim.build_groups(config.optim, ("generator", "discriminator"), steps)
+    optim.for_group(txs, "generator")   # a group's transformation (the one, if shared)
 
 Weight decay skips parameters with fewer than two dimensions (biases, norm scales).
 Gradient accumulation happens in the train step (train_lib.step), not here.
@@ -54,3 +56,35 @@ def build(config, total_steps: int, schedule=None):
   if config.clip_norm:
     tx = optax.chain(optax.clip_by_global_norm(config.clip_norm), tx)
   return tx, schedule
+
+
+GROUP_FIELDS = ("name", "learning_rate", "schedule", "warmup_steps", "end_learning_rate_factor",
+                "weight_decay", "b1", "b2", "eps", "momentum", "nesterov", "clip_norm")
+
+
+def build_groups(config, groups, total_steps: int):
+  """(tx, schedule) for a task's parameter groups: one shared pair where config.groups is
+  empty, else ({group: tx}, {group: schedule}), each from config with config.groups[group]'s
+  fields in place of config's."""
+  overrides = config.get("groups") or {}
+  if not overrides:
+    return build(config, total_steps)
+  unknown = sorted(set(overrides) - set(groups))
+  if unknown:
+    raise UserError(f"optim.groups names {unknown}, which the task does not have; its "
+                    f"parameter groups are {[g for g in groups if g is not None]}")
+  txs, schedules = {}, {}
+  for group in groups:
+    merged = config.copy_and_resolve_references()
+    for key, value in (overrides.get(group) or {}).items():
+      if key not in GROUP_FIELDS:
+        raise UserError(f"optim.groups.{group}.{key} cannot differ per group; a group may "
+                        f"set {GROUP_FIELDS}")
+      merged[key] = value
+    txs[group], schedules[group] = build(merged, total_steps)
+  return txs, schedules
+
+
+def for_group(tx, group):
+  """The transformation of one parameter group: tx[group] for per-group optimizers."""
+  return tx[group] if isinstance(tx, dict) else tx

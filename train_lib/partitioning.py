@@ -19,8 +19,10 @@ import math
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from train_lib import writers
 from train_lib.errors import UserError
 
 AXES = ("data", "fsdp", "tensor")
@@ -58,45 +60,47 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def check_rules(rules, mesh: Mesh) -> dict:
-  """config.mesh.rules (pairs of logical name, mesh axis / tuple of axes / None) -> dict."""
-  table = {}
+def check_rules(rules, mesh: Mesh) -> tuple:
+  """config.mesh.rules (pairs of logical name, mesh axis / tuple of axes / None), checked
+  against the mesh, as the tuple of pairs that flax's logical-axis functions take."""
+  checked = []
   for pair in rules:
     if len(pair) != 2:
       raise UserError(f"mesh.rules entry {pair!r} must be a pair (logical name, mesh axes)")
     name, axes = pair
-    axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
-    unknown = [a for a in axes if a not in mesh.shape]
+    axes = None if axes is None else axes if isinstance(axes, str) else tuple(axes)
+    names = () if axes is None else (axes,) if isinstance(axes, str) else axes
+    unknown = [a for a in names if a not in mesh.shape]
     if unknown:
       raise UserError(f"mesh.rules maps {name!r} to unknown mesh axes {unknown}; "
                       f"the axes are {AXES}")
-    table[name] = axes
-  return table
+    checked.append((name, axes))
+  return tuple(checked)
 
 
-def spec_for(names, shape, rules: dict, mesh: Mesh) -> P:
-  """A PartitionSpec for one array whose dimensions carry logical `names`."""
-  used, spec = set(), []
-  for name, dim in zip(names, shape):
-    axes = tuple(a for a in rules.get(name, ()) if a not in used and mesh.shape[a] > 1)
+def divisible(spec: P, shape, mesh: Mesh) -> P:
+  """`spec` with size-1 mesh axes left out, and replicated on every dimension that its
+  mesh axes do not divide (flax's mapping does not look at sizes)."""
+  out = []
+  for axes, dim in zip(spec, shape):
+    axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+    axes = tuple(a for a in axes if mesh.shape[a] > 1)
     if not axes or dim % math.prod(mesh.shape[a] for a in axes):
-      spec.append(None)
-      continue
-    used.update(axes)
-    spec.append(axes[0] if len(axes) == 1 else axes)
-  return P(*spec)
+      out.append(None)
+    else:
+      out.append(axes[0] if len(axes) == 1 else axes)
+  return P(*out)
 
 
-def state_sharding(mesh: Mesh, abstract_state, rules=()):
+def state_sharding(mesh: Mesh, boxed_abstract_state, rules=()):
   """Shardings for a state whose leaves may be Flax-partitioned boxes (from init with
-  logical names); unboxed leaves are replicated. The result's tree is the unboxed one."""
-  table = check_rules(rules, mesh)
-
-  def one(x):
-    if isinstance(x, nn.Partitioned):
-      return NamedSharding(mesh, spec_for(x.names, x.value.shape, table, mesh))
-    return replicated(mesh)
-  return jax.tree.map(one, abstract_state, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+  logical names), mapped to mesh axes by flax (nn.get_partition_spec,
+  nn.logical_to_mesh_sharding) and made divisible; unboxed leaves are replicated. The
+  result's tree is the unboxed one."""
+  logical = nn.get_partition_spec(boxed_abstract_state)
+  shardings = nn.logical_to_mesh_sharding(logical, mesh, check_rules(rules, mesh))
+  return jax.tree.map(lambda x, sh: NamedSharding(mesh, divisible(sh.spec, x.shape, mesh)),
+                      nn.meta.unbox(boxed_abstract_state), shardings)
 
 
 def bytes_per_device(abstract_state, shardings) -> int:
@@ -108,14 +112,15 @@ def bytes_per_device(abstract_state, shardings) -> int:
 
 def describe(abstract_state, shardings) -> str:
   """One line per array: path, shape, dtype, PartitionSpec, bytes per device; totals."""
-  lines = [f"{'array':<60}{'shape':>20} {'dtype':<9}{'sharding':<28}{'MB/device':>10}"]
+  rows = []
   flat, _ = jax.tree_util.tree_flatten_with_path(abstract_state)
   specs = jax.tree.leaves(shardings)
   for (path, x), sharding in zip(flat, specs):
-    name = jax.tree_util.keystr(path, simple=True, separator="/")
     mb = math.prod(sharding.shard_shape(x.shape)) * np.dtype(x.dtype).itemsize / 2**20
-    lines.append(f"{name[:59]:<60}{str(tuple(x.shape)):>20} {str(x.dtype):<9}"
-                 f"{str(tuple(sharding.spec)):<28}{mb:>10.2f}")
+    rows.append([jax.tree_util.keystr(path, simple=True, separator="/"), tuple(x.shape),
+                 x.dtype, tuple(sharding.spec), f"{mb:.2f}"])
+  lines = [writers.table(["array", "shape", "dtype", "sharding", "MB/device"], rows,
+                         right=(1, 4))]
   total = sum(math.prod(x.shape) * np.dtype(x.dtype).itemsize for x in jax.tree.leaves(
       abstract_state)) / 2**20
   per_device = bytes_per_device(abstract_state, shardings) / 2**20
@@ -129,7 +134,6 @@ def to_host(x) -> np.ndarray:
   """A global jax.Array as one numpy array, whole on every process."""
   if x.is_fully_addressable:
     return np.asarray(x)
-  from jax.experimental import multihost_utils
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 

@@ -11,7 +11,7 @@ bench/) all start here, so they see the same checks and the same layout.
 
 import dataclasses
 import os
-from typing import Any, Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -33,7 +33,7 @@ class Setup:
   model: nn.Module
   task: Task
   tx: optax.GradientTransformation
-  schedule: Callable     # step -> learning rate
+  schedule: Any          # step -> learning rate; {group: schedule} with optim.groups
   abstract_state: Any    # a TrainState of jax.ShapeDtypeStruct leaves
   state_sharding: Any    # a TrainState of NamedSharding leaves
   dummy_batch: dict      # one row of zeros shaped like a train batch
@@ -73,13 +73,13 @@ def build(config, devices=None) -> Setup:
     raise UserError(str(e)) from None
   task = tasks.build(config.task, data, model)
   _check_model_fits_data(model, data)
-  tx, schedule = optim.build(config.optim, config.train.num_steps)
+  tx, schedule = optim.build_groups(config.optim, task.groups, config.train.num_steps)
   dummy = data.dummy_batch()
   try:
     boxed = state_lib.abstract_state(model, tx, task, dummy, config.seed, boxed=True)
   except ValueError as e:  # a model's own argument check, raised while tracing init
     raise UserError(f"model {config.model.name!r}: {e}") from None
-  rules = tuple(config.mesh.rules)
+  rules = partitioning.check_rules(config.mesh.rules, mesh)
   return Setup(mesh, data, model, task, tx, schedule, nn.meta.unbox(boxed),
                partitioning.state_sharding(mesh, boxed, rules), dummy, rules, config.seed)
 

@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from train_lib import partitioning
+from train_lib import optim, partitioning
 
 
 @flax.struct.dataclass
@@ -47,7 +47,7 @@ def init_fn(model, tx, task, dummy_batch, seed: int, boxed: bool = False):
       if missing:
         raise ValueError(f"task groups {missing} are not top-level parameter names of the "
                          f"model ({sorted(params)})")
-      opt_state = {g: tx.init(params[g]) for g in task.groups}
+      opt_state = {g: optim.for_group(tx, g).init(params[g]) for g in task.groups}
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
                        model_state=variables, rng=state_rng, extra=task.init_extra(params))
     return state if boxed else nn.meta.unbox(state)

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from train_lib import metrics as metrics_lib, tasks
+from train_lib import metrics as metrics_lib, optim, tasks
 
 
 EVAL_KEY = 0x65766C   # eval batch j's task key: fold_in(fold_in(state.rng, EVAL_KEY), j)
@@ -100,6 +100,13 @@ def gradients(model, task, group, params, model_state, batch, state_rng, step,
   return jax.tree.map(lambda g: g / accum_steps, grads), model_state, stats
 
 
+def _learning_rates(schedule, step) -> dict:
+  """learning_rate, or learning_rate/<group> for per-group optimizers."""
+  if isinstance(schedule, dict):
+    return {f"learning_rate/{group}": fn(step) for group, fn in schedule.items()}
+  return {"learning_rate": schedule(step)}
+
+
 def train_step(state, batch, *, model, task, tx, schedule, accum_steps: int):
   """One update of each parameter group in turn (one group for most tasks)."""
   params, opt_state, model_state = state.params, state.opt_state, state.model_state
@@ -114,14 +121,15 @@ def train_step(state, batch, *, model, task, tx, schedule, accum_steps: int):
       params = optax.apply_updates(params, updates)
       all_grads, all_updates = grads, updates
     else:
-      updates, new_opt = tx.update(grads, opt_state[group], params[group])
+      updates, new_opt = optim.for_group(tx, group).update(grads, opt_state[group],
+                                                           params[group])
       opt_state = {**opt_state, group: new_opt}
       params = {**params, group: optax.apply_updates(params[group], updates)}
       all_grads[group], all_updates[group] = grads, updates
   metrics_lib.check_stats(task.metrics, stats, type(task).__name__, exact=single)
   kinds = {k: task.metrics[k] for k in stats}
   metrics = {**metrics_lib.finalize(kinds, stats),
-             "grad_norm": optax.tree.norm(all_grads), "learning_rate": schedule(state.step),
+             "grad_norm": optax.tree.norm(all_grads), **_learning_rates(schedule, state.step),
              **rms_instruments("grad_rms", all_grads),
              **rms_instruments("param_rms", state.params),
              **rms_instruments("update_rms", all_updates)}

@@ -3,6 +3,7 @@
     writer = Writer(workdir)
     writer.write(step, "train", {"loss": 0.3, "steps_per_sec": 90.0})
     writer.close()
+    print(table(["name", "loss"], [["a", 0.3]]))   # aligned columns, or markdown=True
     curves = read_curves(workdir, "loss")   # {"train": {step: loss}, "test": {...}}
 
 Only process 0 writes; on other processes every call is a no-op.
@@ -65,6 +66,19 @@ def console(line: str):
   """One progress line on stderr (stdout is kept for results)."""
   if jax.process_index() == 0:
     print(line, file=sys.stderr, flush=True)
+
+
+def table(header, rows, markdown: bool = False, right=()) -> str:
+  """Rows of cells as aligned columns (those whose index is in `right` align right), or as
+  a Markdown table. Every table Whetstone prints goes through here."""
+  cells = [[str(c) for c in row] for row in [header, *rows]]
+  if markdown:
+    line = lambda row: "| " + " | ".join(row) + " |"
+    return "\n".join([line(cells[0]), line(["---"] * len(header)), *map(line, cells[1:])])
+  widths = [max(len(row[i]) for row in cells if i < len(row)) for i in range(len(header))]
+  line = lambda row: "  ".join(c.rjust(w) if i in right else c.ljust(w)
+                               for i, (c, w) in enumerate(zip(row, widths))).rstrip()
+  return "\n".join(map(line, cells))
 
 
 def format_eta(seconds: float) -> str:

@@ -52,7 +52,7 @@ def choose(name: str, requested: str, *, fits: bool, needs: str, dtype,
 
 def _lead_spec(shape) -> tuple:
   """Mesh axes of the leading (batch, length) dimensions, as the rules split them; a
-  dimension the mesh does not divide stays whole (as partitioning.spec_for does)."""
+  dimension the mesh does not divide stays whole (as train_lib/partitioning.py does)."""
   mesh = jax.sharding.get_abstract_mesh()
   names = ("batch", "length")[:len(shape) - 1]          # the last axis stays whole
   lead = []

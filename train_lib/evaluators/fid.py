@@ -13,17 +13,19 @@ train_vs_test (as many train images: the floor a perfect generator reaches) and
 noise_vs_test (uniform random pixels).
 """
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.linalg
 import flax.linen as nn
 
-from train_lib import capsule, checkpointing, setup as setup_lib, writers
+from train_lib import checkpointing, config_io, setup as setup_lib, writers
 from train_lib.errors import UserError
 from train_lib.evaluators import Evaluator, register
 from train_lib.partitioning import to_host
-from train_lib.sample import to_pixels
+from train_lib.tasks.base import to_pixels
 
 
 def frechet_distance(a_NxD, b_MxD) -> float:
@@ -70,12 +72,11 @@ class FID(Evaluator):
     self._load_classifier(config.get("classifier_step", -1))
 
   def _load_classifier(self, step: int):
-    import os
     path = os.path.join(os.path.abspath(os.path.expanduser(self.classifier)), "config.json")
     if not os.path.isfile(path):
       raise UserError(f"evals.fid.classifier: no config.json in {self.classifier}; name the "
                       "workdir of a trained classifier run")
-    cls_config = capsule.read_config(path)
+    cls_config = config_io.from_json(path)
     s = setup_lib.build(cls_config)
     if s.data.example_shape != self.setup.data.example_shape:
       raise UserError(f"evals.fid.classifier sees images {s.data.example_shape}, the samples "

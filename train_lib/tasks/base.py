@@ -22,13 +22,11 @@ beside the parameters (an EMA copy of the weights) with `init_extra` / `update_e
 """
 
 import math
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from train_lib import plots
 from train_lib.errors import UserError
 from train_lib.metrics import MAX, MEAN, SUM, mean  # noqa: F401  (re-exported for tasks)
 
@@ -92,9 +90,10 @@ class Task:
     """What is wrong with the model's output for this task, or ""."""
     return ""
 
-  def save_examples(self, folder: str, host_batch) -> str:
-    """Writes a few training examples as the model sees them (sanity's data check); the path."""
-    return ""
+  def examples(self, host_batch) -> dict:
+    """A few training examples as the model sees them, for sanity's data check to show:
+    {"images": [N, H, W, C], "labels": [N] or None}, {"text": [str, ...]}, or {}."""
+    return {}
 
 
 class ImageTask(Task):
@@ -109,8 +108,8 @@ class ImageTask(Task):
     m, s = getattr(data, "mean", 0.0), getattr(data, "std", 1.0)
     self.low, self.high = (0.0 - m) / s, (255.0 - m) / s
 
-  def save_examples(self, folder, host_batch):
-    return save_image_examples(folder, host_batch["image"], host_batch.get("label"))
+  def examples(self, host_batch):
+    return image_examples(host_batch["image"], host_batch.get("label"))
 
 
 def sample_in_batches(sample_batch, key, num: int, batch_size: int):
@@ -121,20 +120,18 @@ def sample_in_batches(sample_batch, key, num: int, batch_size: int):
       for i in range(0, num, batch_size)])
 
 
-def save_image_examples(folder: str, images, labels=None) -> str:
-  return plots.image_grid(os.path.join(folder, "data_examples.png"), images[:32],
-                          None if labels is None else labels[:32])
+def to_pixels(data, images_BxHxWxC):
+  """Images in the data's normalised units -> its raw pixel units, clipped to [0, 255]."""
+  raw = np.asarray(images_BxHxWxC) * getattr(data, "std", 1.0) + getattr(data, "mean", 0.0)
+  return np.clip(raw, 0.0, 255.0)
 
 
-def save_text_examples(folder: str, windows, decode) -> str:
-  if decode is None:
-    return ""
-  os.makedirs(folder, exist_ok=True)
-  path = os.path.join(folder, "text_examples.txt")
-  with open(path, "w") as f:
-    for i, window in enumerate(windows[:4]):
-      f.write(f"----- window {i} -----\n{decode(window)}\n")
-  return path
+def image_examples(images, labels=None) -> dict:
+  return {"images": images[:32], "labels": None if labels is None else labels[:32]}
+
+
+def text_examples(windows, decode) -> dict:
+  return {"text": [decode(w) for w in windows[:4]]} if decode is not None else {}
 
 
 def entropy_of(labels, num_values: int, smoothing: float = 0.0) -> float:

@@ -11,7 +11,7 @@ import optax
 
 from train_lib.errors import UserError
 from train_lib.tasks import register
-from train_lib.tasks.base import MEAN, Task, entropy_of, mean, save_image_examples, uniform_loss
+from train_lib.tasks.base import MEAN, Task, entropy_of, mean, image_examples, uniform_loss
 
 
 @register("classification")
@@ -68,5 +68,5 @@ class Classification(Task):
     return "" if tuple(got or ()) == want else \
         f"output {got}, the task needs logits of shape {want}"
 
-  def save_examples(self, folder, host_batch):
-    return save_image_examples(folder, host_batch["image"], host_batch["label"])
+  def examples(self, host_batch):
+    return image_examples(host_batch["image"], host_batch["label"])

@@ -15,7 +15,7 @@ import optax
 
 from train_lib.errors import UserError
 from train_lib.tasks import register
-from train_lib.tasks.base import MEAN, Task, entropy_of, mean, save_text_examples
+from train_lib.tasks.base import MEAN, Task, entropy_of, mean, text_examples
 from train_lib.tasks.base import uniform_loss
 
 
@@ -85,5 +85,5 @@ class LanguageModeling(Task):
     return (f"output {shapes}, the lm task needs logits [{B}, {T}, vocab] or, from a fused "
             f"head, (nll, correct) of shape ({B}, {T})")
 
-  def save_examples(self, folder, host_batch):
-    return save_text_examples(folder, host_batch["tokens"], getattr(self.data, "decode", None))
+  def examples(self, host_batch):
+    return text_examples(host_batch["tokens"], getattr(self.data, "decode", None))

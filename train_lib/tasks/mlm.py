@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from train_lib.errors import UserError
 from train_lib.tasks import register
-from train_lib.tasks.base import MEAN, Task, entropy_of, mean, save_text_examples, uniform_loss
+from train_lib.tasks.base import MEAN, Task, entropy_of, mean, text_examples, uniform_loss
 from train_lib.tasks.lm import token_nll
 
 
@@ -90,5 +90,5 @@ class MaskedLanguageModeling(Task):
   def targets(self, host_batch):
     return "token", host_batch["tokens"][:, :-1], self.vocab_size
 
-  def save_examples(self, folder, host_batch):
-    return save_text_examples(folder, host_batch["tokens"], getattr(self.data, "decode", None))
+  def examples(self, host_batch):
+    return text_examples(host_batch["tokens"], getattr(self.data, "decode", None))

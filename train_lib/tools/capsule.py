@@ -1,7 +1,8 @@
 """The reproducibility record of a run: config.json and capsule.json in the workdir.
 
     capsule.write(workdir, config)
-    config = capsule.read_config("runs/x/config.json")   # typed like configs/base.py: a replay
+    watcher = capsule.Record(config)      # writes them when a training run starts
+    config = config_io.from_json("runs/x/config.json")  # typed again: a replay
 
 capsule.json holds the git commit and the uncommitted diff, the command line, package
 versions, XLA and JAX flags, the device topology and the seeds. Replaying a run is
@@ -21,7 +22,7 @@ import jax
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain",
             "tensorflow-datasets", "ml-collections", "numpy", "array-record")
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DIFF_LIMIT = 1_000_000  # characters of `git diff HEAD` kept in capsule.json
 # JAX settings that can change the numbers a run computes.
 JAX_FLAGS = ("jax_enable_x64", "jax_default_matmul_precision", "jax_default_prng_impl",
@@ -117,35 +118,14 @@ def write(workdir: str, config):
     f.write("\n")
 
 
-def read_config(path: str):
-  """A run's config.json back into a ConfigDict with the types of configs/base.py.
+class Record:
+  """A loop watcher that writes the record once the run's checks have passed."""
 
-  Fields that base.py declares take its types (JSON lists become tuples where base has a
-  tuple); fields it does not declare (the model's) come back as written, lists as tuples.
-  """
-  import ml_collections
-  from configs import base
-  try:
-    with open(path) as f:
-      values = json.load(f)
-  except (OSError, ValueError) as e:
-    raise ValueError(f"cannot read {path} as a run's config.json ({e})") from None
-  if not isinstance(values, dict):
-    raise ValueError(f"{path} holds no config object")
-  config = base.get_config()
-  _merge(config, values, ml_collections.ConfigDict)
-  return config
+  def __init__(self, config):
+    self.config = config
 
+  def start(self, setup, workdir: str):
+    write(workdir, self.config)
 
-def _merge(config, values: dict, config_dict):
-  for key, value in values.items():
-    if isinstance(value, dict):
-      if not isinstance(config.get(key), config_dict):
-        config[key] = config_dict()
-      _merge(config[key], value, config_dict)
-    else:
-      config[key] = _tuples(value)
-
-
-def _tuples(value):
-  return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+  def __call__(self, step, split, metrics) -> bool:
+    return False

@@ -1,8 +1,9 @@
 """Loss curves read for the patterns practitioners check by hand, during and after a run.
 
-    doctor = diagnosis.Doctor(workdir, num_steps, "test", task.initial_loss())
+    doctor = diagnosis.Doctor(config)       # a loop watcher (train_lib/loop.py)
+    doctor.start(setup, workdir)            # the task's initial loss; earlier attempts
     doctor(step, "train", {"loss": 0.31})   # at every logged point; prints new findings
-    doctor.finish()                         # a last look; writes workdir/diagnosis.json
+    doctor.finish(result)                   # a last look; writes workdir/diagnosis.json
     findings = diagnosis.diagnose(train, evals, num_steps)   # [(step, loss)] -> [dict]
 
 Patterns: non_finite, divergence, plateau (near the initial loss), oscillation, spikes,
@@ -177,9 +178,12 @@ def _widening_gap(train, evals):
 class Doctor:
   """Watches a run's logged losses (a loop watcher); one printed line per new finding."""
 
-  def __init__(self, workdir: str, num_steps: int, eval_split: str, initial_loss=None):
+  def __init__(self, config):
+    self.num_steps, self.eval_split = config.train.num_steps, config.data.eval_split
+
+  def start(self, setup, workdir: str):
     self.path = os.path.join(workdir, "diagnosis.json")
-    self.num_steps, self.eval_split, self.initial_loss = num_steps, eval_split, initial_loss
+    self.initial_loss = setup.task.initial_loss()
     self.curves = writers.read_curves(workdir, "loss")  # earlier attempts of a resumed run
     self.findings = {}
     if os.path.exists(self.path):  # reported by an earlier attempt: not printed again
@@ -196,7 +200,7 @@ class Doctor:
       self._check(final=False)
     return False  # never stops a run; the loop itself stops on a non-finite loss
 
-  def finish(self) -> list:
+  def finish(self, result=None) -> list:
     self._check(final=True)
     self._write()
     return list(self.findings.values())

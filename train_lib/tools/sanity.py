@@ -30,7 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from train_lib import capsule, checkpointing, optim, partitioning, plots, setup
+from train_lib import checkpointing, optim, partitioning, setup
+from train_lib.tools import capsule, plots
 from train_lib import state as state_lib, step
 from train_lib import metrics as metrics_lib, writers
 from train_lib.errors import ChecksFailed, UserError
@@ -245,10 +246,10 @@ def check_data(ctx) -> Check:
     seen_text = f"; {int((counts > 0).sum())} of {K} {labels_name} values seen"
   examples = ""
   if jax.process_index() == 0:
-    examples = s.task.save_examples(os.path.join(ctx.workdir, "plots"), batches[0])
+    examples = save_examples(os.path.join(ctx.workdir, "plots"), s.task.examples(batches[0]))
   data["examples"] = examples
 
-  report = f"data: {n} train batches\n" + _table(
+  report = f"data: {n} train batches\n" + _table_nl(
       ["array", "shape", "min", "max", "mean", "std"], rows)
   report += histogram
   if problems:
@@ -331,7 +332,7 @@ def check_model(ctx) -> Check:
             f"{under(p):,}"] for p, kind, out in rows]
   total = state_lib.num_params(s.abstract_state.params)
   report = "model: output and parameters per module (outputs traced, not computed)\n" + \
-      _table(["module", "type", "output", "params"], table)
+      _table_nl(["module", "type", "output", "params"], table)
   data = {"layers": [{"module": p, "type": k, "output": o, "params": under(p)}
                      for p, k, o in rows], "total_params": total}
 
@@ -438,7 +439,7 @@ def check_gradient_flow(ctx) -> Check:
   rows = [[m, str(n), f"{math.sqrt(g):.3e}", f"{math.sqrt(w):.3e}",
            f"{math.sqrt(g / w):.2e}" if w else "-"] for m, (n, g, w) in modules.items()]
   report = "gradient norms per module at step 0\n" + \
-      _table(["module", "leaves", "grad norm", "param norm", "grad/param"], rows)
+      _table_nl(["module", "leaves", "grad norm", "param norm", "grad/param"], rows)
   data = {"zero": zero, "missing": missing, "non_finite": bad, "zero_at_init_only": woke,
           "grad_norms": {m: math.sqrt(g) for m, (_, g, _) in modules.items()}}
   problems = []
@@ -487,7 +488,7 @@ def check_overfit(ctx) -> Check:
   shown = sorted(set(range(0, len(losses), every)) | {len(losses) - 1})
   report = (f"overfit one batch of {ctx.config.data.batch_size} at constant learning rate "
             f"{ctx.learning_rate:g}; input-free loss {baseline:.4f}, target < {target:.4f}:\n" +
-            _table(["step", "loss"], [[str(i), f"{losses[i]:.4f}"] for i in shown]))
+            _table_nl(["step", "loss"], [[str(i), f"{losses[i]:.4f}"] for i in shown]))
   data = {"losses": losses, "target": target, "input_free_loss": baseline,
           "learning_rate": ctx.learning_rate}
   last = losses[-1]
@@ -532,10 +533,23 @@ def _names(paths, most: int = 8) -> str:
   return ", ".join(paths[:most]) + (f" and {len(paths) - most} more" if len(paths) > most else "")
 
 
-def _table(header, rows) -> str:
-  widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-  fmt = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()
-  return "\n".join([fmt(header), *(fmt(r) for r in rows)]) + "\n"
+def save_examples(folder: str, examples: dict) -> str:
+  """A task's examples as plots/data_examples.png or plots/text_examples.txt; the path."""
+  if "images" in examples:
+    return plots.image_grid(os.path.join(folder, "data_examples.png"), examples["images"],
+                            examples.get("labels"))
+  if "text" in examples:
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, "text_examples.txt")
+    with open(path, "w") as f:
+      for i, text in enumerate(examples["text"]):
+        f.write(f"----- window {i} -----\n{text}\n")
+    return path
+  return ""
+
+
+def _table_nl(header, rows) -> str:
+  return writers.table(header, rows) + "\n"
 
 
 def _plain(x):

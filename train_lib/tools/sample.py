@@ -15,8 +15,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from train_lib import checkpointing
+from train_lib import checkpointing, setup, writers
 from train_lib.errors import UserError
+from train_lib.tasks.base import to_pixels
+from train_lib.tools import plots
 
 
 def sample_logits(logits_BxV, rng, temperature: float, top_k: int):
@@ -54,7 +56,6 @@ def generate(model, params, prompt_BxP, rng, *, num_new: int, temperature: float
 
 
 def generate_from_workdir(config, workdir: str) -> dict:
-  from train_lib import setup
   workdir = os.path.abspath(os.path.expanduser(workdir))
   ckpt, wanted = checkpointing.open_for_reading(workdir, config.eval.step)
   s = setup.build(config)
@@ -82,7 +83,6 @@ def generate_from_workdir(config, workdir: str) -> dict:
                     num_new=sc.max_new_tokens, temperature=float(sc.temperature),
                     top_k=int(sc.top_k))
   samples = [sc.prompt + s.data.decode(row) for row in np.asarray(tokens)]
-  from train_lib import writers
   for text in samples:
     writers.console(f"--- sample (step {wanted})\n{text}")
   if jax.process_index() == 0:
@@ -90,12 +90,6 @@ def generate_from_workdir(config, workdir: str) -> dict:
       for text in samples:
         f.write(f"--- step {wanted}, temperature {sc.temperature}, top_k {sc.top_k}\n{text}\n")
   return {"step": wanted, "mode": "sample", "samples": samples}
-
-
-def to_pixels(data, images_BxHxWxC):
-  """Images in the data's normalised units -> its raw pixel units, clipped to [0, 255]."""
-  raw = np.asarray(images_BxHxWxC) * getattr(data, "std", 1.0) + getattr(data, "mean", 0.0)
-  return np.clip(raw, 0.0, 255.0)
 
 
 def _images_from_workdir(config, workdir, s, ckpt, wanted) -> dict:
@@ -111,7 +105,6 @@ def _images_from_workdir(config, workdir, s, ckpt, wanted) -> dict:
   pixels = to_pixels(s.data, images).round().astype(np.uint8)
   out = {"step": wanted, "mode": "sample", "num_images": int(len(pixels))}
   if jax.process_index() == 0:
-    from train_lib import plots
     npz = os.path.join(workdir, "samples.npz")
     np.savez_compressed(npz, images=pixels, step=wanted, seed=sc.seed)
     grid = plots.image_grid(os.path.join(workdir, "plots", "samples.png"),

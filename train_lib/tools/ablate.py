@@ -13,19 +13,18 @@ seeds are skipped. Every run is an ordinary workdir, workdir/<variant>/seed_<see
 skips finished runs and resumes an interrupted one.
 """
 
-import difflib
 import importlib.util
 import json
 import math
 import os
 
-import ml_collections
 import numpy as np
 
-from train_lib import config_reads, loop, plots, setup, writers
+from train_lib import config_io, config_reads, setup, writers
+from train_lib.tools import plots, train
 from train_lib.errors import Diverged, UserError
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BASELINE = "baseline"
 FIELDS = ("baseline", "variants", "seeds", "proxy", "metric", "higher_is_better", "early_stop")
 
@@ -47,21 +46,10 @@ def load_config(spec: str, where: str = "baseline.config"):
 
 
 def set_field(config, key: str, value, where: str):
-  """config[key] = value for an existing dotted key, with the field's type; else UserError."""
-  *parents, name = key.split(".")
-  node = config
-  for part in parents:
-    if not isinstance(node.get(part), ml_collections.ConfigDict):
-      raise UserError(f"{where}: no config section {part!r} in {key!r}")
-    node = node[part]
-  if name not in node:
-    close = difflib.get_close_matches(name, list(node.keys()), n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise UserError(f"{where}: no config field {key}{hint}")
   try:
-    node[name] = value
-  except (TypeError, ValueError) as e:
-    raise UserError(f"{where}: {key}={value!r}: {e}") from None
+    config_io.set_field(config, key, value)
+  except ValueError as e:
+    raise UserError(f"{where}: {e}") from None
 
 
 class Plan:
@@ -169,7 +157,7 @@ def _train_one(plan: Plan, name: str, seed: int, workdir: str, limit) -> dict:
   watchers = [_StopWhenWorse(plan, limit)] if limit is not None else []
   record = {"variant": name, "seed": seed, "workdir": workdir}
   try:
-    result = loop.train(config_reads.track(config), workdir, watchers=watchers)
+    result = train(config_reads.track(config), workdir, watchers=watchers)
   except Diverged as e:
     record.update(status="diverged", reason=str(e), step=None, value=float("nan"))
   else:
@@ -257,17 +245,16 @@ def _number(x: float) -> str:
 
 def table(plan: Plan, rows: list) -> str:
   better = "higher" if plan.higher_is_better else "lower"
-  lines = [f"| variant | change | step | {plan.split} {plan.metric} (mean ± std) | "
-           f"Δ vs baseline ({better} is better) | stopped early |",
-           "| --- | --- | --- | --- | --- | --- |"]
+  header = ["variant", "change", "step", f"{plan.split} {plan.metric} (mean ± std)",
+            f"Δ vs baseline ({better} is better)", "stopped early"]
+  lines = []
   for row in rows:
     n = len(row["seeds"])
     value = f"{_number(row['mean'])} ± {_number(row['std'])} ({n} seed{'s' * (n != 1)})"
     delta = "reference" if row["delta"] is None else f"{row['delta']:+.4f}"
     stopped = f"yes: {row['why']}" if row["stopped"] else "no"
-    lines.append(f"| {row['variant']} | `{row['change']}` | {row['step']} | {value} | "
-                 f"{delta} | {stopped} |")
-  return "\n".join(lines)
+    lines.append([row["variant"], f"`{row['change']}`", row["step"], value, delta, stopped])
+  return writers.table(header, lines, markdown=True)
 
 
 def write_outputs(plan: Plan, rows: list, runs: dict, limit, workdir: str):

@@ -20,7 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from train_lib import capsule, optim, partitioning, plots, setup, state as state_lib, step
+from train_lib import optim, partitioning, setup, state as state_lib, step
+from train_lib.tools import capsule, plots
 from train_lib import writers
 from train_lib.errors import UserError
 
