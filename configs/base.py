@@ -109,7 +109,8 @@ def get_config():
   # Evaluators (train_lib/evaluators/): label -> {name, every (-1: at train.eval_every and
   # the end; 0: only at the end; N: every N steps), the evaluator's own fields}.
   config.evals = ml_collections.ConfigDict()
-  config.evals.loss = ml_collections.ConfigDict({"name": "loss", "every": -1})  # held-out task metrics
+  # The task's metrics on the held-out split; num_examples > 0: only its first ones.
+  config.evals.loss = ml_collections.ConfigDict({"name": "loss", "every": -1, "num_examples": 0})
 
   config.sample = ml_collections.ConfigDict()   # --mode=sample (language models)
   config.sample.prompt = "\n"

@@ -17,11 +17,10 @@ from helpers import last_json, read_metrics, run_main
 from test_reliability import after_progress, assert_same_arrays, run_and_kill, saved_state
 from train_lib.tasks import ddpm, mlm, simclr
 
-# Resume after kill -9 for the three kinds of state a task can add: its own key (masks),
-# state of its own (the DDPM's EMA) and parameter groups (the GAN). SimCLR's key is the
-# MLM's mechanism; its views are checked across device counts below, its training in
-# tests/test_sanity.py.
-FRAMEWORKS = ["shakespeare_mlm", "fashion_mnist_ddpm", "fashion_mnist_dcgan"]
+# Resume after kill -9 for every framework and the kinds of state a task can add: its own
+# key (masks, views), state of its own (the DDPM's EMA) and parameter groups (the GAN).
+FRAMEWORKS = ["shakespeare_mlm", "fashion_mnist_simclr", "fashion_mnist_ddpm",
+              "fashion_mnist_dcgan"]
 SAMPLERS = ("fashion_mnist_ddpm", "fashion_mnist_dcgan")
 
 
@@ -29,7 +28,9 @@ def argv(name, workdir, tfds_dir):
   return [f"--config=configs/{name}.py:runlocal", f"--workdir={workdir}",
           f"--config.data.tfds_dir={tfds_dir}", "--config.train.num_steps=20",
           "--config.train.log_every=5", "--config.train.eval_every=10",
-          "--config.train.checkpoint_every=10"]
+          "--config.train.checkpoint_every=10", "--config.evals.loss.num_examples=1000",
+          *(["--config.evals.probe.baselines=False", "--config.evals.probe.max_train=500"]
+            if name == "fashion_mnist_simclr" else [])]
 
 
 @pytest.mark.parametrize("name", FRAMEWORKS)
