@@ -11,6 +11,7 @@ import pytest
 
 from helpers import REPO, last_json, read_metrics, run_main
 from train_lib import config_io
+from train_lib.errors import Diverged
 from train_lib.tools import capsule
 
 
@@ -173,7 +174,7 @@ def test_a_run_that_cannot_learn_and_one_that_blows_up_are_diagnosed(tmp_path, t
   assert records and all(r["update_rms"] == 0.0 and r["grad_rms/Dense_0"] > 0 for r in records)
 
   config.optim.name, config.optim.learning_rate = "sgd", 1e6
-  with pytest.raises(train_lib.Diverged):
+  with pytest.raises(Diverged):
     modes.run("train", config, str(tmp_path / "nan"))
   assert "diagnosis: non_finite at step 3" in capsys.readouterr().err
   saved = json.load(open(tmp_path / "nan" / "diagnosis.json"))
@@ -311,8 +312,8 @@ def test_bench_table_aligns_columns_and_reports_errors(capsys, tmp_path):
   table.print_table(columns, rows)
   table.print_table(columns, rows, label_columns=2)
   assert capsys.readouterr().out.splitlines() == [
-      "name    mb  tokens/s", "a       64     1,234", "bb      OOM",
-      "name    mb  tokens/s", "a       64     1,234", "bb     128  OOM"]
+      "name  mb  tokens/s", "a     64     1,234", "bb  OOM",      # columns fit their cells
+      "name   mb  tokens/s", "a      64     1,234", "bb    128  OOM"]
   table.write_json(str(tmp_path / "r.json"), 800.0, "GPU", rows, torch="2.11")
   with open(tmp_path / "r.json") as f:
     assert json.load(f) == {"peak_tflops": 800.0, "device": "GPU", "torch": "2.11",
