@@ -139,6 +139,7 @@ def get_config():
   config.mesh.data = -1
   config.mesh.fsdp = 1
   config.mesh.tensor = 1
+  config.mesh.expert = 1               # expert parallelism (mixture-of-experts models)
   # Logical axis names (annotated by the models) -> mesh axes. Unlisted names, and
   # dimensions the mesh axes do not divide, are replicated.
   config.mesh.rules = (
@@ -149,6 +150,12 @@ def get_config():
       ("kv_heads", "tensor"),
       ("mlp", "tensor"),
   )
+
+  # Start from foreign weights (parameters only; the optimizer starts fresh), e.g.
+  # "hf_gpt2:path/model.safetensors", "torchvision_resnet:path/resnet50.safetensors".
+  # Ignored once the workdir has a checkpoint. train_lib/weights/ lists the formats.
+  config.init_from = ""
+  config.init_skip = ()                # parameter paths kept at their fresh init ("head",)
 
   config.dtype = "float32"             # compute dtype: float32 | bfloat16 (params stay float32)
   return config

@@ -18,7 +18,7 @@ from jax.experimental import multihost_utils
 
 from train_lib import checkpointing, config_reads, distributed, evaluators, guards
 from train_lib import metrics as metrics_lib, partitioning
-from train_lib import setup as setup_lib, state as state_lib, step, writers
+from train_lib import setup as setup_lib, state as state_lib, step, weights, writers
 from train_lib.errors import Diverged, Preempted, UserError
 
 def progress_line(task, current: int, num_steps: int, means: dict) -> str:
@@ -68,6 +68,10 @@ def _train(config, workdir: str, watchers) -> dict:
     else:
       state = state_lib.create(s.model, s.tx, s.task, s.dummy_batch, config.seed,
                                s.state_sharding)
+      if config.init_from:
+        state = weights.init_state(state, config, s.task, s.state_sharding)
+        writers.console(f"parameters from {config.init_from}" + (
+            f" (kept at init: {', '.join(config.init_skip)})" if config.init_skip else ""))
     writers.console(f"model {config.model.name}: {state_lib.num_params(state.params):,} "
                     f"parameters; {s.data.num_train:,} train / {s.data.num_eval:,} eval "
                     f"examples per epoch; mesh {dict(s.mesh.shape)}")
