@@ -549,3 +549,51 @@ def test_no_code_is_loaded_from_a_checkpoint(tmp_path, monkeypatch):
                                            ).restore_newest(target(), data, base.get_config())
   assert step == 1 and float(state["w"][0]) == 1.0
   assert "whetstone_planted" not in sys.modules and not (tmp_path / "ran").exists()
+
+
+def test_a_torn_metrics_line_and_an_empty_diagnosis_do_not_stop_the_next_launch(tmp_path,
+                                                                                 tfds_dir):
+  """A crash mid-write leaves a torn last line of metrics.jsonl or an empty JSON file; the
+  next launch says so in one line each and goes on, and the files are whole again."""
+  workdir = str(tmp_path)
+  first = last_json(run_main(*args(workdir, tfds_dir)).stdout)
+  with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+    f.write('{"step": 999, "spl')
+  open(os.path.join(workdir, "diagnosis.json"), "w").close()
+  again = run_main(*args(workdir, tfds_dir))            # already trained: evaluates
+  assert last_json(again.stdout)["loss"] == first["loss"]
+  assert "ended in a torn line" in again.stderr and "diagnosis.json is unreadable" in again.stderr
+  assert "Traceback" not in again.stderr
+  read_metrics(workdir)                                 # every line parses again
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    text = f.read()
+  assert text.endswith("\n") and '"step": 999' not in text
+  with open(os.path.join(workdir, "diagnosis.json")) as f:
+    assert "findings" in json.load(f)
+  leftovers = [n for n in os.listdir(workdir) if ".tmp" in n]
+  assert not leftovers, leftovers
+
+
+BAD_VALUES = [("data.batch_size", 0), ("data.batch_size", -64), ("data.eval_batch_size", 0),
+              ("data.prefetch", -1), ("train.log_every", 0), ("train.eval_every", -5),
+              ("train.checkpoint_every", -1), ("train.keep_checkpoints", -1),
+              ("optim.learning_rate", -0.003), ("optim.learning_rate", float("nan")),
+              ("optim.learning_rate", float("inf")), ("optim.b1", 1.5), ("optim.b2", 1.0),
+              ("optim.weight_decay", -1.0), ("optim.eps", 0.0), ("optim.clip_norm", -1.0)]
+
+
+@pytest.mark.parametrize("key,value", BAD_VALUES)
+def test_values_out_of_range_are_refused_in_one_line_before_anything_is_built(key, value):
+  config = digits_mlp.get_config("runlocal")
+  section, name = key.split(".")
+  config[section][name] = value
+  with pytest.raises(UserError, match=rf"^{key}=.*(out of range|must be)") as e:
+    setup.build(config)
+  assert "\n" not in str(e.value)
+
+
+def test_an_out_of_range_value_exits_2_through_main_before_training(tmp_path, tfds_dir):
+  bad = run_main(*args(str(tmp_path), tfds_dir, "--config.data.eval_batch_size=0"), check=False)
+  assert bad.returncode == 2, bad.stderr[-2000:]
+  assert bad.stderr.strip().splitlines()[-1].startswith("error: data.eval_batch_size=0")
+  assert "Traceback" not in bad.stderr and not os.path.exists(tmp_path / "checkpoints")

@@ -8,6 +8,8 @@ Weight decay skips parameters with fewer than two dimensions (biases, norm scale
 Gradient accumulation happens in the train step (train_lib.step), not here.
 """
 
+import math
+
 import jax
 import optax
 
@@ -38,8 +40,25 @@ def decay_mask(params):
   return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-def build(config, total_steps: int, schedule=None):
+def check(config, where: str = "optim"):
+  """Finite values in range: a learning rate >= 0, betas and momentum in [0, 1), eps > 0,
+  weight decay and clipping >= 0."""
+  def bad(name, value, rule):
+    raise UserError(f"{where}.{name}={value!r} is out of range; it must be {rule}")
+  for name in ("learning_rate", "end_learning_rate_factor", "weight_decay", "clip_norm"):
+    value = config[name]
+    if not math.isfinite(value) or value < 0:
+      bad(name, value, "finite and >= 0")
+  for name in ("b1", "b2", "momentum"):
+    if not 0 <= config[name] < 1:
+      bad(name, config[name], "in [0, 1)")
+  if not (math.isfinite(config.eps) and config.eps > 0):
+    bad("eps", config.eps, "finite and > 0")
+
+
+def build(config, total_steps: int, schedule=None, where: str = "optim"):
   """`schedule` (a step -> learning rate function) replaces config's, e.g. for tools."""
+  check(config, where)
   schedule = schedule or build_schedule(config, total_steps)
   if config.name == "adamw":
     tx = optax.adamw(schedule, b1=config.b1, b2=config.b2, eps=config.eps,
@@ -51,8 +70,6 @@ def build(config, total_steps: int, schedule=None):
                                nesterov=config.nesterov))
   else:
     raise UserError(f"optim.name={config.name!r} is unknown; use one of {OPTIMIZERS}")
-  if config.clip_norm < 0:
-    raise UserError(f"optim.clip_norm={config.clip_norm} must be >= 0 (0 turns clipping off)")
   if config.clip_norm:
     tx = optax.chain(optax.clip_by_global_norm(config.clip_norm), tx)
   return tx, schedule
@@ -81,7 +98,7 @@ def build_groups(config, groups, total_steps: int):
         raise UserError(f"optim.groups.{group}.{key} cannot differ per group; a group may "
                         f"set {GROUP_FIELDS}")
       merged[key] = value
-    txs[group], schedules[group] = build(merged, total_steps)
+    txs[group], schedules[group] = build(merged, total_steps, where=f"optim[{group}]")
   return txs, schedules
 
 

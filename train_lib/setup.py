@@ -46,6 +46,7 @@ def build(config, devices=None) -> Setup:
 
   `devices` (default: all) lets tests and tools build the mesh over a subset.
   """
+  check_ranges(config)
   if config.dtype not in DTYPES:
     raise UserError(f"dtype={config.dtype!r} is unknown; use one of {sorted(DTYPES)}")
   if config.train.num_steps <= 0:
@@ -82,6 +83,28 @@ def build(config, devices=None) -> Setup:
   rules = partitioning.check_rules(config.mesh.rules, mesh)
   return Setup(mesh, data, model, task, tx, schedule, nn.meta.unbox(boxed),
                partitioning.state_sharding(mesh, boxed, rules), dummy, rules, config.seed)
+
+
+# (section.field, the smallest value allowed, what the value means); each an integer
+RANGES = (("data.batch_size", 1, "the global batch"), ("data.eval_batch_size", 1, "the eval batch"),
+          ("data.prefetch", 0, "batches prefetched"), ("data.worker_threads", 0, "threads"),
+          ("data.cache_mb", 0, "megabytes (0 = never cache)"),
+          ("train.log_every", 1, "steps between log lines"),
+          ("train.eval_every", 0, "steps between evals (0 = only at the end)"),
+          ("train.checkpoint_every", 0, "steps between checkpoints (0 = only at the end)"),
+          ("train.keep_checkpoints", 1, "checkpoints kept"))
+
+
+def check_ranges(config):
+  """Every sized or periodic field in range, before anything is built; optim's fields are
+  checked by optim.build. One UserError naming the field and what it may be."""
+  for key, low, meaning in RANGES:
+    section, name = key.split(".")
+    if name not in config[section]:
+      continue
+    value = config[section][name]
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+      raise UserError(f"{key}={value!r} is out of range: {meaning}, an integer >= {low}")
 
 
 def _check_model_fits_data(model, data):

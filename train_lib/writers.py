@@ -22,7 +22,9 @@ class Writer:
     self.active = jax.process_index() == 0
     if not self.active:
       return
-    self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+    path = os.path.join(workdir, "metrics.jsonl")
+    drop_torn_tail(path)
+    self.jsonl = open(path, "a")
     from tensorboardX import SummaryWriter
     self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=30)
 
@@ -47,6 +49,55 @@ def _plain(value):
   return int(value) if value.is_integer() and abs(value) < 2**53 else value
 
 
+def write_atomic(path: str, text: str):
+  """The whole text or nothing: a temporary file beside `path`, fsync, rename. A crash
+  leaves the old file or the new one, never a torn one."""
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w") as f:
+    f.write(text)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+  folder = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+  try:
+    os.fsync(folder)
+  finally:
+    os.close(folder)
+
+
+def write_json(path: str, value, **kwargs):
+  write_atomic(path, json.dumps(value, **kwargs) + "\n")
+
+
+def read_json(path: str, default=None):
+  """A JSON file of the workdir, or `default` (with one warning line) where it is missing,
+  empty or torn: no log of the workdir can stop a run."""
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except FileNotFoundError:
+    return default
+  except (OSError, ValueError) as e:
+    console(f"warning: {path} is unreadable ({type(e).__name__}: a crash mid-write?); "
+            "going on without it")
+    return default
+
+
+def drop_torn_tail(path: str):
+  """Cuts a last line that a crash left without its newline (with one warning line), so
+  that what is appended next starts a line of its own."""
+  if not os.path.exists(path) or jax.process_index() != 0:
+    return
+  with open(path, "rb+") as f:
+    data = f.read()
+    if not data or data.endswith(b"\n"):
+      return
+    keep = data.rfind(b"\n") + 1
+    f.truncate(keep)
+  console(f"warning: {path} ended in a torn line ({len(data) - keep} bytes, from a crash); "
+          "dropped it")
+
+
 def read_curves(workdir: str, key: str = "loss") -> dict:
   """{split: {step: value}} of `key` in metrics.jsonl, training runs only (not --mode=eval
   lines); where a resumed run logged a step again, the last value wins."""
@@ -56,7 +107,10 @@ def read_curves(workdir: str, key: str = "loss") -> dict:
     return curves
   with open(path) as f:
     for line in f:
-      record = json.loads(line)
+      try:
+        record = json.loads(line)
+      except ValueError:  # a torn last line; the writer drops it before it appends
+        continue
       if key in record and record.get("mode") is None:
         curves.setdefault(record["split"], {})[record["step"]] = record[key]
   return curves

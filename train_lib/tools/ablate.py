@@ -147,13 +147,12 @@ def _train_one(plan: Plan, name: str, seed: int, workdir: str, limit) -> dict:
   done = os.path.join(workdir, "run.json")
   written = os.path.join(workdir, "config.json")
   if os.path.exists(written):
-    with open(written) as f:
-      if json.load(f) != json.loads(config.to_json_best_effort()):
-        raise UserError(f"{workdir} holds a run of another config; ablate into a new "
-                        "--workdir (or delete that folder)")
-  if os.path.exists(done):
-    with open(done) as f:
-      return json.load(f)
+    if writers.read_json(written, {}) != json.loads(config.to_json_best_effort()):
+      raise UserError(f"{workdir} holds a run of another config; ablate into a new "
+                      "--workdir (or delete that folder)")
+  finished = writers.read_json(done)
+  if finished is not None:
+    return finished
   watchers = [_StopWhenWorse(plan, limit)] if limit is not None else []
   record = {"variant": name, "seed": seed, "workdir": workdir}
   try:
@@ -174,8 +173,7 @@ def _train_one(plan: Plan, name: str, seed: int, workdir: str, limit) -> dict:
     record["at_check"] = _metric_at(workdir, plan, plan.check_step)
   if record["status"] == "diverged" and name == BASELINE:
     raise UserError(f"the baseline diverged (seed {seed}): {record['reason']}; fix it first")
-  with open(done, "w") as f:
-    json.dump(record, f, indent=2)
+  writers.write_json(done, record, indent=2)
   return record
 
 
@@ -184,8 +182,8 @@ def run(abl, workdir: str) -> dict:
   plan = Plan(abl)
   config_reads.report(abl, "ablate")
   setup.enable_compilation_cache(plan.configs[BASELINE].train.compilation_cache)
-  with open(os.path.join(workdir, "ablation_config.json"), "w") as f:
-    f.write(abl.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+  writers.write_atomic(os.path.join(workdir, "ablation_config.json"),
+                       abl.to_json_best_effort(indent=2, sort_keys=True) + "\n")
   total, runs, limit = len(plan.configs) * len(plan.seeds), {}, None
   for name in plan.configs:
     runs[name] = []
@@ -261,14 +259,14 @@ def write_outputs(plan: Plan, rows: list, runs: dict, limit, workdir: str):
   text = table(plan, rows)
   check = (f"; variants are checked at step {plan.check_step} against the baseline's band "
            f"(limit {limit:.4g})" if limit is not None else "")
-  with open(os.path.join(workdir, "ablation.md"), "w") as f:
-    f.write(f"# Ablation of {plan.spec}\n\n{len(plan.seeds)} seeds {list(plan.seeds)}, "
-            f"{plan.steps} steps each{check}.\n\n{text}\n")
-  with open(os.path.join(workdir, "ablation.json"), "w") as f:
-    json.dump({"baseline": plan.spec, "steps": plan.steps, "metric": plan.metric,
-               "split": plan.split, "higher_is_better": plan.higher_is_better,
-               "seeds": list(plan.seeds), "check_step": plan.check_step,
-               "band_limit": limit, "rows": rows, "runs": runs}, f, indent=2)
+  writers.write_atomic(os.path.join(workdir, "ablation.md"),
+                       f"# Ablation of {plan.spec}\n\n{len(plan.seeds)} seeds "
+                       f"{list(plan.seeds)}, {plan.steps} steps each{check}.\n\n{text}\n")
+  writers.write_json(os.path.join(workdir, "ablation.json"), {
+      "baseline": plan.spec, "steps": plan.steps, "metric": plan.metric, "split": plan.split,
+      "higher_is_better": plan.higher_is_better, "seeds": list(plan.seeds),
+      "check_step": plan.check_step, "band_limit": limit, "rows": rows, "runs": runs},
+      indent=2)
   panels = {"train loss": {}, f"{plan.split} {plan.metric}": {}}
   for name, records in runs.items():
     for panel, (split, key) in zip(panels, (("train", "loss"), (plan.split, plan.metric))):

@@ -12,13 +12,14 @@ with the same commit and diff, it gives the same numbers.
 
 import datetime
 import importlib.metadata
-import json
 import os
 import platform
 import subprocess
 import sys
 
 import jax
+
+from train_lib import writers
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain",
             "tensorflow-datasets", "ml-collections", "numpy", "array-record")
@@ -111,11 +112,9 @@ def describe(config) -> dict:
 def write(workdir: str, config):
   if jax.process_index() != 0:
     return
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
-  with open(os.path.join(workdir, "capsule.json"), "w") as f:
-    json.dump(describe(config), f, indent=2)
-    f.write("\n")
+  writers.write_atomic(os.path.join(workdir, "config.json"),
+                       config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+  writers.write_json(os.path.join(workdir, "capsule.json"), describe(config), indent=2)
 
 
 class Record:

@@ -11,7 +11,6 @@ widening_gap (held-out minus train loss). Each finding prints one line with its 
 causes and what to try, and lands in diagnosis.json.
 """
 
-import json
 import math
 import os
 import statistics
@@ -186,9 +185,9 @@ class Doctor:
     self.initial_loss = setup.task.initial_loss()
     self.curves = writers.read_curves(workdir, "loss")  # earlier attempts of a resumed run
     self.findings = {}
-    if os.path.exists(self.path):  # reported by an earlier attempt: not printed again
-      with open(self.path) as f:
-        self.findings = {f_["kind"]: f_ for f_ in json.load(f)["findings"]}
+    earlier = writers.read_json(self.path, {})  # findings of an earlier attempt: not again
+    self.findings = {f_["kind"]: f_ for f_ in earlier.get("findings", [])
+                     if isinstance(f_, dict) and "kind" in f_}
     self.active = jax.process_index() == 0
 
   def __call__(self, step: int, split: str, metrics: dict) -> bool:
@@ -218,7 +217,6 @@ class Doctor:
 
   def _write(self):
     if self.active:
-      with open(self.path, "w") as f:
-        json.dump({"num_steps": self.num_steps, "initial_loss": self.initial_loss,
-                   "findings": list(self.findings.values())}, f, indent=2)
-        f.write("\n")
+      writers.write_json(self.path, {"num_steps": self.num_steps,
+                                     "initial_loss": self.initial_loss,
+                                     "findings": list(self.findings.values())}, indent=2)

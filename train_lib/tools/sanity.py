@@ -17,7 +17,6 @@ and state keep their shardings, and only scalars and small statistics come to th
 import copy
 import dataclasses
 import functools
-import json
 import math
 import os
 import re
@@ -86,10 +85,9 @@ def run(config, workdir: str, devices=None) -> dict:
   failed = [c.name for c in checks if not c.passed]
   path = os.path.join(workdir, "sanity.json")
   if jax.process_index() == 0:
-    with open(path, "w") as f:
-      json.dump({"passed": not failed, "checks": [
-          {"name": c.name, "passed": c.passed, "detail": c.detail, "fix": c.fix, **c.data}
-          for c in checks]}, f, indent=1, default=_plain)
+    writers.write_json(path, {"passed": not failed, "checks": [
+        {"name": c.name, "passed": c.passed, "detail": c.detail, "fix": c.fix, **c.data}
+        for c in checks]}, indent=1, default=_plain)
   if failed:
     raise ChecksFailed(f"{len(failed)} of {len(checks)} sanity checks failed "
                        f"({', '.join(failed)}); details in {path}")
