@@ -323,3 +323,17 @@ def test_bench_table_aligns_columns_and_reports_errors(capsys, tmp_path):
   assert table.error(RuntimeError()) == "RuntimeError: "
   assert table.error(ValueError("x" * 200), limit=5) == "ValueError: xxxxx"
   assert [table.memory_gb({"memory_gb": m}) for m in (None, 32.66)] == ["-", "32.7"]
+
+
+def test_ablation_variant_can_be_another_config_on_the_same_data(tfds_dir):
+  from train_lib.tools import ablate
+  from train_lib.errors import UserError
+  plan = ablate.Plan(digits_ablation(variants=(("cnn", "config", "configs/default.py:runlocal"),)))
+  cnn, base = plan.configs["cnn"], plan.configs["baseline"]
+  assert cnn.model.name == "cnn" and base.model.name == "mlp"
+  assert cnn.train.num_steps == base.train.num_steps == 20    # the baseline's steps, not its own
+  assert cnn.train.eval_every == 10                           # baseline.overrides apply too
+  assert plan.changes["cnn"] == ("config", "configs/default.py:runlocal")
+  with pytest.raises(UserError, match=r"reads other data than the baseline \(.*data.name"):
+    ablate.Plan(digits_ablation(variants=(("lm", "config",
+                                           "configs/shakespeare_char.py:runlocal"),)))

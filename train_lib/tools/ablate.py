@@ -5,7 +5,8 @@
 
 An ablation config (configs/ablations/NAME.py) holds `baseline.config` ("configs/NAME.py[:ARG]")
 and `baseline.overrides` ((key, value) pairs), `variants` ((name, key, value): one change
-each), `seeds`, `proxy` (the fraction of the baseline's train.num_steps every run trains, its
+each; key "config" makes the variant another config file, e.g. a model family, trained
+for as many steps as the baseline on the same data), `seeds`, `proxy` (the fraction of the baseline's train.num_steps every run trains, its
 warmup scaled alike), `metric` on the eval split, and `early_stop`: at the first evaluation
 at or after `early_stop.at` of the run, a variant whose metric is worse than the baseline's
 band there (mean + max(sigmas x std, tolerance x |mean|) over its seeds) stops, and its other
@@ -67,13 +68,9 @@ class Plan:
     if not 0 < abl.proxy <= 1:
       raise UserError(f"proxy={abl.proxy} must be in (0, 1]: a fraction of the baseline's steps")
     self.spec = abl.baseline.config
-    base = load_config(self.spec)
-    for key, value in abl.baseline.overrides:
-      set_field(base, key, value, "baseline.overrides")
+    self.overrides, self.proxy = tuple(abl.baseline.overrides), abl.proxy
+    base = self._prepared(self.spec, "baseline.config")
     tc = base.train
-    tc.num_steps = max(1, round(abl.proxy * tc.num_steps))
-    base.optim.warmup_steps = min(round(abl.proxy * base.optim.warmup_steps),
-                                  tc.num_steps - 1)
     self.steps, self.split = tc.num_steps, base.data.eval_split
     self.sigmas, self.tolerance = abl.early_stop.sigmas, abl.early_stop.tolerance
     self.check_step = self._check_step(abl.early_stop.at, tc.eval_every)
@@ -82,11 +79,35 @@ class Plan:
       where = f"variant {name!r}"
       if name in self.configs or "/" in name:
         raise UserError(f"{where}: variant names must be unique, not {BASELINE!r}, no '/'")
+      if key == "config":   # another config file: a model family against the baseline's
+        config = self._prepared(value, where, steps=self.steps)
+        differ = sorted(k for k in set(base.data) | set(config.data)
+                        if base.data.get(k) != config.data.get(k))
+        if differ:
+          raise UserError(f"{where}: {value} reads other data than the baseline "
+                          f"(data.{', data.'.join(differ)}); the metric would not compare. "
+                          "Set them alike in the config or baseline.overrides")
+        self.configs[name], self.changes[name] = config, ("config", value)
+        continue
       config = base.copy_and_resolve_references()
       set_field(config, key, value, where)
       if _get(config, key) == _get(base, key):
         raise UserError(f"{where}: {key}={value!r} is the baseline's value; not a change")
       self.configs[name], self.changes[name] = config, (key, _get(config, key))
+
+  def _prepared(self, spec: str, where: str, steps: int = 0):
+    """A config file with baseline.overrides applied, trained for `proxy` of its steps
+    (or exactly `steps`: a whole-config variant trains as many steps as the baseline)."""
+    config = load_config(spec, where)
+    for key, value in self.overrides:
+      set_field(config, key, value, "baseline.overrides")
+    tc = config.train
+    full = tc.num_steps
+    tc.num_steps = steps or max(1, round(self.proxy * full))
+    factor = tc.num_steps / full if steps else self.proxy
+    config.optim.warmup_steps = min(round(factor * config.optim.warmup_steps),
+                                    tc.num_steps - 1)
+    return config
 
   def _check_step(self, at: float, eval_every: int):
     if not at:
