@@ -22,13 +22,13 @@ class HeldOutLoss(Evaluator):
     s = setup
     self.eval_step = step.compile_eval_step(s.model, s.task, s.state_sharding,
                                             partitioning.batch_sharding(s.mesh), s.rules)
+    self.limit = int(self.config.get("num_examples", 0))   # read here: no false "unread"
+    if self.limit < 0:
+      raise UserError(f"evals.loss.num_examples={self.limit} must be >= 0 (0: the whole split)")
 
   def run(self, state) -> dict:
     s = self.setup
-    kinds, total, count = s.task.metrics, None, 0.0
-    limit = int(self.config.get("num_examples", 0))
-    if limit < 0:
-      raise UserError(f"evals.loss.num_examples={limit} must be >= 0 (0: the whole split)")
+    kinds, total, count, limit = s.task.metrics, None, 0.0, self.limit
     for j, batch in enumerate(s.data.eval_batches(limit=limit)):
       stats, n = jax.device_get(self.eval_step(state, batch, np.int32(j)))
       total = stats if total is None else metrics_lib.combine(kinds, total, stats)

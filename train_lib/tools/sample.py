@@ -72,9 +72,10 @@ def generate_from_workdir(config, workdir: str) -> dict:
   prompt = s.data.encode(sc.prompt)
   if len(prompt) == 0:
     raise UserError("sample.prompt is empty; give at least one character")
-  if len(prompt) + sc.max_new_tokens > s.model.max_len:
+  max_len = getattr(s.model, "max_len", None)   # a recurrent model has no limit
+  if max_len is not None and len(prompt) + sc.max_new_tokens > max_len:
     raise UserError(f"prompt ({len(prompt)} tokens) + sample.max_new_tokens="
-                    f"{sc.max_new_tokens} exceeds model.max_len={s.model.max_len}")
+                    f"{sc.max_new_tokens} exceeds model.max_len={max_len}")
   target = checkpointing.sharded_target(s.abstract_state, s.state_sharding)
   state = ckpt.restore(wanted, target, config=config)
   ckpt.close()

@@ -14,8 +14,11 @@ Loading checks every name before anything is used: a missing, extra or mis-shape
 is one error that lists each one. Paths under `skip` (config.init_skip, e.g. a head of
 another size for fine-tuning) keep their fresh init, and their foreign tensors are ignored.
 A format's function may set `fn.ignore`, a regular expression of foreign names that carry
-nothing to load (torchvision's num_batches_tracked, say). Foreign files are read as safetensors, or with torch.load(weights_only=True) for .pt/.pth/
-.bin where torch is installed; nothing is ever unpickled.
+nothing to load (torchvision's num_batches_tracked, say), and `fn.rename`, applied to every
+foreign name before matching (for files that come under more than one naming). Foreign
+files are read as safetensors, or with torch.load(weights_only=True) for .pt/.pth/.bin
+where torch is installed; nothing is ever unpickled. Written files are safetensors with
+metadata {"format": "pt", "whetstone_format": FORMAT} (transformers checks "format").
 """
 
 import os
@@ -56,6 +59,15 @@ def parse(spec: str):
     raise UserError(f"init_from={spec!r}: write FORMAT:PATH, e.g. "
                     "hf_gpt2:path/model.safetensors")
   return fmt, os.path.expanduser(path)
+
+
+def check(spec: str) -> None:
+  """UserError, before any device work, if `spec` names an unknown format or no file."""
+  fmt, path = parse(spec)
+  resolve(fmt)
+  path = os.path.join(path, "model.safetensors") if os.path.isdir(path) else path
+  if not os.path.isfile(path):
+    raise UserError(f"init_from={spec!r}: no file {path}")
 
 
 def read_tensors(path: str) -> dict:
@@ -133,6 +145,9 @@ def load(spec: str, variables: dict, model_config, skip=()) -> dict:
   flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(variables))
   rules = fn(model_config, variables)
   tensors = read_tensors(path)
+  rename = getattr(fn, "rename", None)
+  if rename is not None:   # a format whose files come under more than one naming
+    tensors = {rename(name): t for name, t in tensors.items()}
   _check(rules, tensors, flat, tuple(skip), getattr(fn, "ignore", r"(?!)"))
   out = dict(flat)
   for rule in rules:
@@ -156,4 +171,4 @@ def export(fmt: str, variables: dict, model_config) -> dict:
 
 def save(fmt: str, variables: dict, model_config, path: str) -> None:
   from safetensors.numpy import save_file
-  save_file(export(fmt, variables, model_config), path, metadata={"format": fmt})
+  save_file(export(fmt, variables, model_config), path, metadata={"format": "pt", "whetstone_format": fmt})
