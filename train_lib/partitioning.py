@@ -1,14 +1,21 @@
 """The device mesh and the shardings of state and batches.
 
-    mesh = partitioning.make_mesh(config.mesh)        # axes ("data", "fsdp", "tensor")
+    mesh = partitioning.make_mesh(config.mesh)   # axes ("data", "fsdp", "expert", "tensor")
     batch_sharding = partitioning.batch_sharding(mesh)
 
-The batch is split over data x fsdp. Models name their parameters' axes (Flax logical
-partitioning: "embed", "mlp", "heads", "vocab", ...); config.mesh.rules map those names
-to mesh axes: "embed" -> fsdp shards parameters and optimizer state (FSDP), "heads",
-"mlp" and "vocab" -> tensor (tensor parallelism). A dimension that the mesh axes do not
-divide, and every unnamed one, is replicated; with fsdp = tensor = 1 this is plain data
-parallelism.
+The batch is split over data x fsdp x expert. Models name their parameters' axes (Flax
+logical partitioning: "embed", "mlp", "heads", "vocab", "expert", ...); config.mesh.rules
+map those names to mesh axes: "embed" -> fsdp shards parameters and optimizer state (FSDP),
+"heads", "mlp" and "vocab" -> tensor (tensor parallelism), "expert" -> expert (expert
+parallelism: each device holds 1/E of a mixture's experts). A dimension that the mesh axes
+do not divide, and every unnamed one, is replicated; with fsdp = expert = tensor = 1 this is
+plain data parallelism.
+
+The expert axis also splits the batch, as in GShard and Switch: the layers outside the
+experts are replicated over it, so without its share of the batch each of its devices would
+repeat the same dense work; with it, tokens move to their experts' devices and back
+(all-to-all) and the rest is data parallel. A mesh config without an `expert` field (and a
+mesh built over AXES) has no expert axis.
 
     shardings = partitioning.state_sharding(mesh, boxed_abstract_state, config.mesh.rules)
     print(partitioning.describe(abstract_state, shardings))  # shapes, specs, bytes/device
@@ -25,35 +32,53 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from train_lib import writers
 from train_lib.errors import UserError
 
-AXES = ("data", "fsdp", "tensor")
+AXES = ("data", "fsdp", "tensor")                       # every mesh has these
+EXPERT_AXES = ("data", "fsdp", "expert", "tensor")      # with expert parallelism's axis
+BATCH_AXES = ("data", "fsdp", "expert")                 # the mesh axes that split the batch
+
+
+def mesh_axes(config) -> tuple:
+  """The axis names of config.mesh's mesh: EXPERT_AXES where it has `expert`, else AXES.
+  The expert axis sits next to tensor, on the faster links (jax.make_mesh's order)."""
+  return EXPERT_AXES if "expert" in config else AXES
 
 
 def mesh_shape(config, num_devices: int):
-  sizes = [config[a] for a in AXES]
+  axes = mesh_axes(config)
+  sizes = [config[a] for a in axes]
   if sizes.count(-1) > 1:
-    raise UserError(f"mesh {dict(zip(AXES, sizes))}: at most one axis may be -1")
+    raise UserError(f"mesh {dict(zip(axes, sizes))}: at most one axis may be -1")
   if any(s == 0 or s < -1 for s in sizes):
-    raise UserError(f"mesh {dict(zip(AXES, sizes))}: sizes must be positive or -1")
+    raise UserError(f"mesh {dict(zip(axes, sizes))}: sizes must be positive or -1")
   known = math.prod(s for s in sizes if s != -1)
   if -1 in sizes:
     if num_devices % known:
-      raise UserError(f"mesh {dict(zip(AXES, sizes))} does not divide {num_devices} devices")
+      raise UserError(f"mesh {dict(zip(axes, sizes))} does not divide {num_devices} devices")
     sizes[sizes.index(-1)] = num_devices // known
   if math.prod(sizes) != num_devices:
-    raise UserError(f"mesh {dict(zip(AXES, sizes))} needs {math.prod(sizes)} devices but "
+    raise UserError(f"mesh {dict(zip(axes, sizes))} needs {math.prod(sizes)} devices but "
                     f"{num_devices} are present; set one axis to -1")
   return tuple(sizes)
 
 
 def make_mesh(config, devices=None) -> Mesh:
   devices = devices if devices is not None else jax.devices()
-  shape = mesh_shape(config, len(devices))
-  return jax.make_mesh(shape, AXES, devices=devices,
-                       axis_types=(jax.sharding.AxisType.Auto,) * len(AXES))
+  shape, axes = mesh_shape(config, len(devices)), mesh_axes(config)
+  return jax.make_mesh(shape, axes, devices=devices,
+                       axis_types=(jax.sharding.AxisType.Auto,) * len(axes))
+
+
+def batch_axes(mesh: Mesh) -> tuple:
+  return tuple(a for a in BATCH_AXES if a in mesh.shape)
+
+
+def batch_shards(mesh: Mesh) -> int:
+  """How many pieces the batch is split into: data x fsdp x expert."""
+  return math.prod(mesh.shape[a] for a in batch_axes(mesh))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P(("data", "fsdp")))
+  return NamedSharding(mesh, P(batch_axes(mesh)))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -73,7 +98,7 @@ def check_rules(rules, mesh: Mesh) -> tuple:
     unknown = [a for a in names if a not in mesh.shape]
     if unknown:
       raise UserError(f"mesh.rules maps {name!r} to unknown mesh axes {unknown}; "
-                      f"the axes are {AXES}")
+                      f"the axes are {tuple(mesh.shape)}")
     checked.append((name, axes))
   return tuple(checked)
 
@@ -138,7 +163,7 @@ def to_host(x) -> np.ndarray:
 
 
 def check_batch(batch_size: int, mesh: Mesh, name: str):
-  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  shards = batch_shards(mesh)
   if batch_size % shards:
     raise UserError(f"data.{name}={batch_size} is not divisible by the {shards} data shards "
                     f"of mesh {dict(mesh.shape)}; use a multiple of {shards}")

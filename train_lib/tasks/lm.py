@@ -6,6 +6,11 @@ A model that offers a fused head+loss (`fused_nll(tokens, targets) -> (nll, corr
 as the Transformer does) is called through it, so the [B,T,V] logits never exist
 whole; any other model's logits are scored here. Metrics: loss (nats per token),
 accuracy, perplexity and bits per byte.
+
+A model with auxiliary losses (a mixture of experts: models/moe.py) names them in
+`aux_metrics` (a tuple of names) and, called with `with_aux=True`, returns `(output, aux)`:
+aux["loss"] is added to the objective (the `loss` metric stays the NLL) and each named
+scalar is logged as a MEAN metric over tokens.
 """
 
 import math
@@ -19,13 +24,23 @@ from train_lib.tasks.base import MEAN, Task, entropy_of, mean, text_examples
 from train_lib.tasks.base import uniform_loss
 
 
-def token_nll(apply, model, inputs_BxT, targets_BxT):
-  """(nll, correct) per position, through the model's fused head+loss where it has one."""
+def token_nll(apply, model, inputs_BxT, targets_BxT, with_aux: bool = False):
+  """(nll, correct) per position, through the model's fused head+loss where it has one;
+  with_aux: ((nll, correct), aux) from a model that declares aux_metrics."""
+  kwargs = {"with_aux": True} if with_aux else {}
   if hasattr(model, "fused_nll"):
-    return apply(inputs_BxT, targets_BxT, method="fused_nll")
-  logits_BxTxV = apply(inputs_BxT).astype(jnp.float32)
+    return apply(inputs_BxT, targets_BxT, method="fused_nll", **kwargs)
+  out = apply(inputs_BxT, **kwargs)
+  logits_BxTxV, aux = out if with_aux else (out, None)
+  logits_BxTxV = logits_BxTxV.astype(jnp.float32)
   nll_BxT = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV, targets_BxT)
-  return nll_BxT, (logits_BxTxV.argmax(-1) == targets_BxT).astype(jnp.float32)
+  result = nll_BxT, (logits_BxTxV.argmax(-1) == targets_BxT).astype(jnp.float32)
+  return (result, aux) if with_aux else result
+
+
+def aux_metrics(model) -> tuple:
+  """The names of the model's auxiliary metrics (empty for most models)."""
+  return tuple(getattr(model, "aux_metrics", ()))
 
 
 def vocabulary(model, data) -> int:
@@ -45,6 +60,9 @@ class LanguageModeling(Task):
       raise UserError(f"data.name={data.config.name!r} is not a text dataset; the lm task "
                       "needs one (shakespeare, text, synthetic_tokens)")
     self.bytes_per_token, self.seq_len = data.bytes_per_token, data.seq_len
+    self.aux_names = aux_metrics(model)
+    if self.aux_names:   # declared per instance: the model decides which metrics exist
+      self.metrics = {**type(self).metrics, **{name: MEAN for name in self.aux_names}}
 
   def init_inputs(self, batch):
     return (batch["tokens"][:, :-1],), {}
@@ -54,12 +72,16 @@ class LanguageModeling(Task):
 
   def loss(self, apply, batch, rng, *, train, group=None):
     targets_BxT = batch["tokens"][:, 1:]
-    nll_BxT, correct_BxT = token_nll(apply, self.model, batch["tokens"][:, :-1], targets_BxT)
+    out = token_nll(apply, self.model, batch["tokens"][:, :-1], targets_BxT,
+                    with_aux=bool(self.aux_names))
+    (nll_BxT, correct_BxT), aux = out if self.aux_names else (out, {})
     mask_BxT = batch.get("mask", jnp.ones(nll_BxT.shape, jnp.float32))
     count = mask_BxT.sum()
     total = (nll_BxT * mask_BxT).sum()
-    return total / jnp.maximum(count, 1.0), {
-        "loss": mean(total, count), "accuracy": mean((correct_BxT * mask_BxT).sum(), count)}
+    stats = {"loss": mean(total, count), "accuracy": mean((correct_BxT * mask_BxT).sum(), count)}
+    stats.update({name: mean(aux[name] * count, count) for name in self.aux_names})
+    loss = total / jnp.maximum(count, 1.0)
+    return (loss + aux["loss"] if self.aux_names else loss), stats
 
   def summarize(self, values):
     out = {**values, "perplexity": math.exp(min(values["loss"], 700.0))}
@@ -78,6 +100,8 @@ class LanguageModeling(Task):
 
   def check_output(self, output, batch) -> str:
     B, T = batch["tokens"][:, 1:].shape
+    if self.aux_names and isinstance(output, tuple) and isinstance(output[-1], dict):
+      output = output[0]   # (output, aux) of a model with auxiliary losses
     shapes = [tuple(getattr(x, "shape", ())) for x in
               (output if isinstance(output, (tuple, list)) else (output,))]
     if shapes in ([(B, T), (B, T)], [(B, T, vocabulary(self.model, self.data))]):
