@@ -10,13 +10,36 @@ Several processes (hosts), one command each; srun, mpirun and TPU VMs need no fl
     python main.py ... --coordinator_address=host0:1234 --num_processes=2 --process_id=0
 
 Exit codes: 0 success, 1 a sanity check failed, 2 bad input, 3 diverged, 75 preempted
-(checkpoint saved). Only process 0 prints the result line and writes the workdir's logs.
+(checkpoint saved), 130 interrupted (SIGINT) outside the training steps. Only process 0
+prints the result line and writes the workdir's logs.
 """
 
-import json
 import os
-import re
+import signal
 import sys
+
+
+def _stop(signum, frame):
+  """SIGTERM or SIGINT outside the training steps (inside them the loop's own handler saves,
+  then exits 75). Before them nothing unsaved exists: one line and exit at once, SIGTERM 75
+  (the same command starts again or continues), SIGINT 130. After them, while the run saves
+  and evaluates, the signal is deferred to the end of the run (train_lib.loop.StopSignals)."""
+  stop = getattr(sys.modules.get("train_lib.loop"), "StopSignals", None)
+  if stop is not None and stop.inside:
+    stop.deferred.append(signum)
+    return
+  what = ("after its run ended; its checkpoint is saved" if stop is not None and stop.completed
+          else "before training started; nothing was trained in this launch")
+  os.write(2, f"error: stopped by {signal.Signals(signum).name} {what}\n".encode())  # not
+  # print: the handler may interrupt one
+  os._exit(75 if signum == signal.SIGTERM else 130)   # nothing to save or wait for
+
+
+for _sig in (signal.SIGTERM, signal.SIGINT):   # from the first instruction: no traceback
+  signal.signal(_sig, _stop)
+
+import json  # noqa: E402
+import re  # noqa: E402
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -129,6 +152,7 @@ def main(argv):
   import jax
   if jax.process_index() == 0:
     print(json.dumps(result), flush=True)
+
 
 
 if __name__ == "__main__":

@@ -102,6 +102,9 @@ def get_config():
   config.train.restore_step = -1       # -1 = newest; N = roll back to N (newer steps move aside)
   config.train.skip_nonfinite_steps = 0  # skip up to N non-finite updates, then stop (exit 3)
   config.train.allow_dtype_cast = False  # restore despite dtype differences; casts are logged
+  config.train.allow_schedule_change = False  # resume although num_steps or the lr schedule changed
+  config.train.allow_seed_change = False  # resume although seed (hence the data order) changed
+  config.train.allow_data_position_mismatch = False  # resume although data position != step
 
   config.eval = ml_collections.ConfigDict()
   config.eval.step = -1                # --mode=eval and sample: -1 = newest checkpoint

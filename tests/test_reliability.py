@@ -179,7 +179,7 @@ def test_failed_save_stops_with_one_line_and_keeps_the_previous_checkpoint(tmp_p
   errors = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
   assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
   assert "File too large" in errors[0] and f"checkpoints/6{TMP}" in errors[0], errors[0]
-  assert "newest intact checkpoint: 3" in errors[0]
+  assert "newest verified checkpoint: 3" in errors[0]
   assert steps_in(str(tmp_path)) == [3]
   assert not glob.glob(str(tmp_path / "checkpoints" / f"*{TMP}*"))
   assert int(saved_state(str(tmp_path), 3)["step"]) == 3
@@ -375,8 +375,9 @@ def test_resume_on_8_then_4_then_1_devices_reshards_and_continues_the_data(refer
   workdir = str(tmp_path)
   run_main(*args(workdir, tfds_dir, steps=20), devices=8)
   leg2 = run_main(*args(workdir, tfds_dir, steps=40), devices=4)
-  assert ("resharded step 20 from mesh {'data': 8, 'fsdp': 1, 'tensor': 1} on 8 devices to "
-          "mesh {'data': 4, 'fsdp': 1, 'tensor': 1} on 4 devices") in leg2.stderr
+  assert ("resharded step 20 from mesh {'data': 8, 'fsdp': 1, 'expert': 1, 'tensor': 1} on 8 "
+          "devices to mesh {'data': 4, 'fsdp': 1, 'expert': 1, 'tensor': 1} on 4 devices"
+          ) in leg2.stderr
   leg3 = run_main(*args(workdir, tfds_dir), devices=1)
   assert "resharded step 40 from mesh {'data': 4," in leg3.stderr
   # Same batches in the same order: the loss of every step matches the one-device run.
@@ -544,6 +545,7 @@ def test_no_code_is_loaded_from_a_checkpoint(tmp_path, monkeypatch):
   meta["item_handlers"] = {k: "whetstone_planted.Handler" for k in meta["item_handlers"]}
   meta["custom_metadata"]["config"]["model"]["name"] = "whetstone_planted:Handler"
   path.write_text(json.dumps(meta))
+  checkpointing.seal(str(path.parent))    # tampered with fresh digests: verification passes
   data = fake_data()
   step, state = checkpointing.Checkpointer(str(tmp_path), base.get_config().train
                                            ).restore_newest(target(), data, base.get_config())

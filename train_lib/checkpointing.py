@@ -6,6 +6,12 @@
     state = ckpt.restore(step, target)                # target: ShapeDtypeStructs with shardings
     ckpt.close()                                      # waits for pending saves
 
+Every step is verified before its values are used: once a save has committed, the sha256 of
+each of its files (arrays, array metadata, the data position) goes to the step's
+checksums.json, and a restore first checks every file against it. A step that fails, or
+carries no checksums (a save killed before they were written), is treated as damaged.
+Retention deletes only steps older than the newest `keep_checkpoints` verified ones.
+
 Nothing goes wrong silently. A newest step that cannot be read is moved to
 workdir/quarantine/ (never deleted) and the next older one restored; train.restore_step=N
 rolls back, moving newer steps aside so that later saves are not skipped; a save that fails
@@ -18,11 +24,15 @@ are read straight into the target's shardings, and the data position is global.
 import contextlib
 import datetime
 import fcntl
+import concurrent.futures
 import glob
+import hashlib
 import json
 import logging as py_logging
 import os
 import shutil
+import threading
+import time
 
 import grain
 import jax
@@ -30,7 +40,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from train_lib import writers
+from train_lib import optim, writers
 from train_lib.errors import UserError
 
 TMP_MARK = ".orbax-checkpoint-tmp"
@@ -39,8 +49,68 @@ STATE_KEYS = ("model.", "optim.", "task.", "dtype", "data.name", "data.synthetic
               "data.vocab_size", "data.seq_len")
 
 
+MANIFEST = "checksums.json"
+
+
 class DamagedCheckpoint(UserError):
   """A step that exists but cannot be read (truncated or missing files)."""
+
+
+def _sha256(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 24), b""):
+      digest.update(chunk)   # hashlib releases the GIL: files hash in parallel threads
+  return digest.hexdigest()
+
+
+def _files(step_dir: str) -> list:
+  """The step's files, relative to it, without the checksums (and their temporary file)."""
+  out = []
+  for root, _, names in os.walk(step_dir):
+    for name in names:
+      rel = os.path.relpath(os.path.join(root, name), step_dir)
+      if not rel.startswith(MANIFEST):
+        out.append(rel)
+  return sorted(out)
+
+
+def _digests(step_dir: str, names) -> dict:
+  with concurrent.futures.ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
+    digests = pool.map(lambda n: _sha256(os.path.join(step_dir, n)), names)
+    return {n: [os.path.getsize(os.path.join(step_dir, n)), d] for n, d in zip(names, digests)}
+
+
+def seal(step_dir: str) -> None:
+  """Writes step_dir/checksums.json: the size and sha256 of every file of the step."""
+  files = _files(step_dir)
+  writers.write_json(os.path.join(step_dir, MANIFEST),
+                     {"algorithm": "sha256", "files": _digests(step_dir, files)}, indent=0)
+
+
+def verify(step_dir: str) -> str:
+  """"" if every file of the step matches its checksums; else what does not."""
+  try:
+    with open(os.path.join(step_dir, MANIFEST)) as f:
+      want = json.load(f)["files"]
+  except FileNotFoundError:
+    return (f"it has no {MANIFEST} (its save did not finish, or it predates checksums; "
+            "move it back from quarantine/ only if you trust it)")
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    return f"its {MANIFEST} is unreadable ({type(e).__name__})"
+  have = _files(step_dir)
+  problems = [f"{n} missing" for n in sorted(set(want) - set(have))]
+  problems += [f"{n} not in {MANIFEST}" for n in sorted(set(have) - set(want))]
+  common = [n for n in have if n in want]
+  sizes = {n: os.path.getsize(os.path.join(step_dir, n)) for n in common}
+  problems += [f"{n} has {sizes[n]} bytes, not {want[n][0]}" for n in common
+               if sizes[n] != want[n][0]]
+  same_size = [n for n in common if sizes[n] == want[n][0]]
+  got = _digests(step_dir, same_size)
+  problems += [f"{n} has another sha256 than when saved" for n in same_size
+               if got[n][1] != want[n][1]]
+  return "; ".join(problems[:5]) + (f" (and {len(problems) - 5} more)"
+                                    if len(problems) > 5 else "")
 
 
 def sharded_target(abstract_state, shardings):
@@ -111,8 +181,9 @@ class Checkpointer:
   def __init__(self, workdir: str, train_config=None, *, read_only: bool = False):
     self.workdir = workdir
     self.directory = os.path.join(workdir, "checkpoints")
-    keep = train_config.keep_checkpoints if train_config else None
-    period = train_config.keep_period if train_config else 0
+    self.keep = train_config.keep_checkpoints if train_config else 0
+    self.period = train_config.keep_period if train_config else 0
+    self.read_only, self._sealing, self._unsealed, self._verified = read_only, None, [], set()
     if read_only and not os.path.isdir(self.directory):
       raise UserError(f"no checkpoint in {workdir}: {self.directory} does not exist; "
                       "train first or point --workdir at a run")
@@ -124,8 +195,9 @@ class Checkpointer:
         shutil.rmtree(tmp, ignore_errors=True)
     if not any(isinstance(f, _QuietOrbax) for f in py_logging.getLogger("absl").filters):
       py_logging.getLogger("absl").addFilter(_QuietOrbax())
+    # Retention is ours (self._retain): only verified steps count towards keep_checkpoints.
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep or None, keep_period=period or None, create=not read_only,
+        max_to_keep=None, create=not read_only,
         cleanup_tmp_directories=not read_only,
         enable_async_checkpointing=bool(train_config and train_config.async_checkpoints))
     self.manager = ocp.CheckpointManager(
@@ -149,12 +221,50 @@ class Checkpointer:
       raise UserError(f"cannot save step {step}: {self.directory} already holds steps "
                       f"{newer}; to go back, set train.restore_step (newer steps move aside)")
     meta = {"config": config_dict(config), **layout(state)}
+    self._finish_sealing()
     with self._surface_errors():
       saved = self.manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iter)),
           custom_metadata=meta, force=True)
       self.manager.check_for_errors()
+    if saved:
+      self._unsealed.append(step)
+      if jax.process_index() == 0:   # checksums as soon as the save commits, off the loop
+        self._sealing = threading.Thread(target=self._seal_when_committed,
+                                         args=(list(self._unsealed),), daemon=True)
+        self._sealing.start()
     return saved
+
+  def _seal_when_committed(self, steps):
+    while self.manager.is_saving_in_progress():
+      time.sleep(0.02)
+    for step in steps:
+      step_dir = os.path.join(self.directory, str(step))
+      if os.path.isdir(step_dir) and not os.path.exists(os.path.join(step_dir, MANIFEST)):
+        seal(step_dir)
+
+  def _finish_sealing(self):
+    """Joins the checksum writer, then deletes steps beyond retention (every process, at
+    the same point of the run)."""
+    if self._sealing is not None:
+      self._sealing.join()
+      self._sealing = None
+    if self._unsealed and jax.process_count() > 1:
+      multihost_utils.sync_global_devices("checkpoint checksums written")
+    self._unsealed = []
+    self._retain()
+
+  def _retain(self):
+    if self.read_only or not self.keep:
+      return
+    steps = self.all_steps()
+    sealed = [s for s in steps
+              if os.path.exists(os.path.join(self.directory, str(s), MANIFEST))]
+    kept = set(sealed[-self.keep:]) | {s for s in steps if s > (sealed or [-1])[-1]}
+    kept |= {s for s in steps if self.period and s % self.period == 0}
+    for step in steps:
+      if step not in kept:
+        self.manager.delete(step)
 
   @contextlib.contextmanager
   def _surface_errors(self):
@@ -165,10 +275,11 @@ class Checkpointer:
       for path in removed:
         shutil.rmtree(path, ignore_errors=True)
       self.manager.reload()
-      steps = self.all_steps()
+      steps = [s for s in self.all_steps()
+               if os.path.exists(os.path.join(self.directory, str(s), MANIFEST))]
       message = " ".join(str(e).split()) or type(e).__name__
       raise UserError(f"saving a checkpoint in {self.directory} failed: {message}; removed "
-                      f"{', '.join(removed) or 'no temporary folder'}; newest intact "
+                      f"{', '.join(removed) or 'no temporary folder'}; newest verified "
                       f"checkpoint: {steps[-1] if steps else 'none'}") from None
 
   def restore(self, step: int, target, data=None, config=None):
@@ -177,6 +288,8 @@ class Checkpointer:
     steps = self.all_steps()
     if step not in steps:
       raise UserError(f"step {step} not found in {self.directory}; available: {steps}")
+    if step not in self._verified:
+      self.check(step)
     try:
       meta = self.manager.metadata(step)
       have = flatten(meta.item_metadata["state"])
@@ -193,10 +306,23 @@ class Checkpointer:
       raise self._damaged(step, e) from None
     for path, was, now in casts:
       writers.console(f"cast {path} from {was} to {now} (train.allow_dtype_cast)")
-    if data is not None:
+    if data is not None:   # a training run resumes: what it would continue differently
+      self._check_resume(step, saved.get("config", {}), config)
       self.restore_data(step, data, config, saved.get("config", {}))
     self._log_reshard(step, saved, target)
     return state
+
+  def check(self, step: int) -> None:
+    """DamagedCheckpoint unless every file of `step` matches its checksums (checked by the
+    first process, the verdict shared with every process)."""
+    problem = verify(os.path.join(self.directory, str(step))) if jax.process_index() == 0 else ""
+    if jax.process_count() > 1:
+      failed = multihost_utils.broadcast_one_to_all(np.int32(bool(problem)))
+      problem = problem or ("it failed verification on process 0" if failed else "")
+    if problem:
+      raise DamagedCheckpoint(f"checkpoint step {step} in {self.directory} failed "
+                              f"verification: {problem}")
+    self._verified.add(step)
 
   def _damaged(self, step, e):
     reason = " ".join(str(e).split()) or type(e).__name__
@@ -228,6 +354,29 @@ class Checkpointer:
                                              f"{', '.join(changed)}" if changed else ""))
     return casts
 
+  def _check_resume(self, step, saved, config):
+    """Refuses (one line) a resume that would silently continue on another learning-rate
+    schedule or another data order, unless the config allows it; an allowed change is logged."""
+    if config is None or not saved:
+      return
+    tc, was = config.train, saved.get("train", {})
+    change = optim.schedule_change(saved.get("optim", {}), was.get("num_steps", 0),
+                                   config_dict(config)["optim"], tc.num_steps, step)
+    if change:
+      steps = (f"train.num_steps {was.get('num_steps')} -> {tc.num_steps}, "
+               if was.get("num_steps") != tc.num_steps else "")
+      if not tc.allow_schedule_change:
+        raise UserError(f"resuming step {step} would change its learning-rate schedule "
+                        f"({steps}{change}); keep the saved train.num_steps and optim "
+                        "settings, or pass --config.train.allow_schedule_change=True")
+      writers.console(f"schedule changed on resume (train.allow_schedule_change): {steps}{change}")
+    if "seed" in saved and saved["seed"] != config.seed:
+      if not tc.allow_seed_change:
+        raise UserError(f"checkpoint step {step} was trained with seed={saved['seed']}, now "
+                        f"seed={config.seed}: the data order would change mid-run; keep "
+                        "--config.seed or pass --config.train.allow_seed_change=True")
+      writers.console(f"seed {saved['seed']} -> {config.seed} on resume (train.allow_seed_change)")
+
   def restore_data(self, step, data, config=None, saved_config=None):
     """The data position: a global batch index, the same on every process, so it carries over
     to another process or device count; a changed batch size is refused unless the epoch may
@@ -242,6 +391,12 @@ class Checkpointer:
       index = int(position["next_index"])
     except (OSError, ValueError, KeyError, TypeError, StopIteration) as e:
       raise self._damaged(step, e if str(e) else f"no data position in {folder}") from None
+    if index != step and config is not None:   # one global batch per step
+      if not config.train.allow_data_position_mismatch:
+        raise UserError(f"checkpoint step {step} holds data position {index} (batches read), "
+                        f"not {step}: its data iterator does not belong to that step; pass "
+                        "--config.train.allow_data_position_mismatch=True to continue from it")
+      writers.console(f"data position {index} at step {step} (train.allow_data_position_mismatch)")
     old = (saved_config or {}).get("data", {}).get("batch_size")
     new = config.data.batch_size if config is not None else old
     if old and new != old:
@@ -277,15 +432,19 @@ class Checkpointer:
       raise UserError(f"train.restore_step={rollback} not found in {self.directory}; "
                       f"available: {steps}")
     aside = [s for s in steps if s > rollback >= 0 and self._restore_step_of(s) != rollback]
-    tried = []
+    tried, damaged = [], []
     for step in reversed([s for s in steps if s not in aside]):
       try:
         state = self.restore(step, target, data, config)
       except DamagedCheckpoint as e:
         moved = self.move_aside(step, "damaged")
         tried.append(f"{e} (moved to {moved})")
+        damaged.append(str(step))
         writers.console(f"{e}; moved it to {moved}, trying an older step")
         continue
+      if damaged:
+        writers.console(f"restored step {step}, the newest that verifies, in place of damaged "
+                        f"step {', '.join(damaged)}")
       for s in aside:
         writers.console(f"rolled back to step {step} (train.restore_step): moved step {s} "
                         f"to {self.move_aside(s, 'rolled-back')}")
@@ -316,6 +475,7 @@ class Checkpointer:
   def wait(self):
     with self._surface_errors():
       self.manager.wait_until_finished()
+    self._finish_sealing()
 
   def close(self):
     self.wait()
@@ -336,14 +496,27 @@ def changed_keys(old: dict, new: dict, prefixes=()) -> list:
 
 
 def open_for_reading(workdir: str, step: int = -1):
-  """(Checkpointer, step) for eval and sample: the newest step, or `step` if >= 0.
-  Refuses, before any device work, a workdir without checkpoints or a missing step."""
+  """(Checkpointer, step) for eval and sample: the newest verified step, or `step` if >= 0.
+  Refuses, before any device work, a workdir without checkpoints, a missing step or a
+  named step that fails verification; a newer step that fails is reported and passed over."""
   workdir = os.path.abspath(os.path.expanduser(workdir))
   ckpt = Checkpointer(workdir, read_only=True)
   steps = ckpt.all_steps()
   if not steps:
     raise UserError(f"no checkpoint in {workdir}; train first or point --workdir at a run")
-  wanted = steps[-1] if step < 0 else step
-  if wanted not in steps:
-    raise UserError(f"step {wanted} not found in {ckpt.directory}; available: {steps}")
-  return ckpt, wanted
+  if step >= 0:
+    if step not in steps:
+      raise UserError(f"step {step} not found in {ckpt.directory}; available: {steps}")
+    ckpt.check(step)
+    return ckpt, step
+  for wanted in reversed(steps):
+    try:
+      ckpt.check(wanted)
+    except DamagedCheckpoint as e:
+      writers.console(f"{e}; passing over it")
+      continue
+    if wanted != steps[-1]:
+      writers.console(f"using step {wanted}, the newest checkpoint that verifies")
+    return ckpt, wanted
+  raise UserError(f"no checkpoint in {ckpt.directory} verifies (steps {steps}); see the "
+                  "lines above, or train again")

@@ -6,6 +6,7 @@ checkpoints, loop, evaluation.
     result = loop.evaluate(config, workdir)  # newest (or config.eval.step) checkpoint
 """
 
+import glob
 import os
 import signal
 import threading
@@ -46,14 +47,22 @@ def train(config, workdir: str, watchers=()) -> dict:
   researcher's watchers (the run record, the diagnosis, the loss curves)."""
   workdir = setup_lib.prepare_workdir(workdir)
   with checkpointing.lock_workdir(workdir):
-    return _train(config, workdir, watchers)
+    try:
+      result = _train(config, workdir, watchers)
+      StopSignals.completed += 1
+    finally:
+      StopSignals.inside = False
+  if StopSignals.deferred:   # arrived after the steps, while the run saved and evaluated
+    name = signal.Signals(StopSignals.deferred.pop()).name
+    raise Preempted(f"stopped by {name} after the training steps; the run completed its save "
+                    f"and evaluation first ({result})")
+  return result
 
 
 def _train(config, workdir: str, watchers) -> dict:
+  if config.init_from and not glob.glob(os.path.join(workdir, "checkpoints", "[0-9]*")):
+    weights.check(config.init_from)   # a fresh run will read it: before any device work
   s = setup_lib.build(config)
-  for watcher in watchers:
-    if hasattr(watcher, "start"):
-      watcher.start(s, workdir)
   tc = config.train
   batch_sharding = partitioning.batch_sharding(s.mesh)
   evals = evaluators.Suite(config, s, workdir)
@@ -75,6 +84,9 @@ def _train(config, workdir: str, watchers) -> dict:
     writers.console(f"model {config.model.name}: {state_lib.num_params(state.params):,} "
                     f"parameters; {s.data.num_train:,} train / {s.data.num_eval:,} eval "
                     f"examples per epoch; mesh {dict(s.mesh.shape)}")
+    for watcher in watchers:   # the checks against the checkpoint have passed: the run starts
+      if hasattr(watcher, "start"):
+        watcher.start(s, workdir)
     start = int(state.step)
     result = None
     if start < tc.num_steps:
@@ -104,11 +116,16 @@ class StopSignals:
   to it), which picks one step for every process: `requested` is true there on all of them.
   """
 
+  # main.py's handler before and after the steps: between __enter__ and the end of
+  # train() a signal is deferred (appended to `deferred`) so that the last save completes.
+  inside, deferred, completed = False, [], 0
+
   def __init__(self):
     self.signum, self._old = None, {}
     self.synced = distributed.preemption_synced()
 
   def __enter__(self):
+    StopSignals.inside = True
     if threading.current_thread() is threading.main_thread():
       for sig in (signal.SIGINT,) if self.synced else (signal.SIGTERM, signal.SIGINT):
         self._old[sig] = signal.signal(sig, self._handle)

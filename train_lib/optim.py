@@ -11,6 +11,8 @@ Gradient accumulation happens in the train step (train_lib.step), not here.
 import math
 
 import jax
+import ml_collections
+import numpy as np
 import optax
 
 from train_lib.errors import UserError
@@ -34,6 +36,34 @@ def build_schedule(config, total_steps: int):
   else:
     rest = optax.linear_schedule(peak, end, total_steps - warmup)
   return optax.join_schedules([warm, rest], [warmup]) if warm else rest
+
+
+def schedule_change(old, old_steps: int, new, new_steps: int, start: int) -> str:
+  """"" if the learning rates of the steps a resumed run still trains, start..new_steps-1,
+  are the same under the saved optimizer config `old` (a dict) and `new`; else the first
+  step that differs with both rates. Per-group rates (optim.groups) are compared too."""
+  if new_steps <= start:
+    return ""
+  steps = np.unique(np.linspace(start, new_steps - 1, min(new_steps - start, 4096)).astype(int))
+  old_groups, new_groups = dict(old.get("groups") or {}), dict(new.get("groups") or {})
+  for group in [None, *sorted(set(old_groups) | set(new_groups))]:
+    configs = []
+    for config, groups, total in ((old, old_groups, old_steps), (new, new_groups, new_steps)):
+      fields = {k: config.get(k) for k in ("learning_rate", "warmup_steps", "schedule",
+                                             "end_learning_rate_factor")}
+      fields.update({k: v for k, v in dict(groups.get(group) or {}).items() if k in fields})
+      configs.append((ml_collections.ConfigDict(fields), total))
+    try:
+      rates = [np.asarray(build_schedule(c, max(t, 1))(steps)) for c, t in configs]
+    except (UserError, TypeError, ValueError):
+      return "the saved optimizer config has no schedule this version can rebuild"
+    differ = np.flatnonzero(~np.isclose(rates[0], rates[1], rtol=1e-6, atol=0))
+    if differ.size:
+      i = differ[0]
+      where = f"optim.groups.{group}: " if group else ""
+      return (f"{where}learning rate {rates[0][i]:.3g} at step {steps[i]} when saved, "
+              f"{rates[1][i]:.3g} now")
+  return ""
 
 
 def decay_mask(params):

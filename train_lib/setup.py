@@ -143,6 +143,15 @@ def prepare_workdir(workdir: str) -> str:
   given, workdir = workdir, os.path.abspath(os.path.expanduser(workdir))
   if workdir != given:
     writers.console(f"workdir {given} is {workdir}")
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise UserError(f"workdir {workdir} is a file, not a directory; choose another --workdir")
+  for name, want_dir in (("checkpoints", True), ("quarantine", True), ("lock", False)):
+    path = os.path.join(workdir, name)
+    if os.path.lexists(path) and (os.path.isdir(path) != want_dir or os.path.islink(path)):
+      what = "a symbolic link" if os.path.islink(path) else (
+          "a directory" if os.path.isdir(path) else "a file")
+      raise UserError(f"{path} is {what}, not a {'directory' if want_dir else 'plain file'}; "
+                      "move it away or choose another --workdir")
   try:
     os.makedirs(workdir, exist_ok=True)
     probe = os.path.join(workdir, f".write_test_{jax.process_index()}_{os.getpid()}")

@@ -13,14 +13,19 @@ import os
 import jax
 
 from train_lib import loop
+from train_lib.errors import UserError
 from train_lib.tools import capsule, diagnosis, plots
 
 
 def train(config, workdir: str, watchers=()) -> dict:
   """loop.train with the run record written at the start, the diagnosis watching every
   logged point, and the loss curves drawn at the end (plots/loss.png)."""
-  result = loop.train(config, workdir,
-                      [capsule.Record(config), diagnosis.Doctor(config), *watchers])
+  try:
+    result = loop.train(config, workdir,
+                        [capsule.Record(config), diagnosis.Doctor(config), *watchers])
+  except UserError as e:
+    capsule.log_launch(workdir, config, f"refused: {e}")
+    raise
   if jax.process_index() == 0:
     plots.loss_curves(os.path.abspath(os.path.expanduser(workdir)), f"{config.model.name} on {config.data.name}")
   return result

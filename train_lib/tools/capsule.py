@@ -1,7 +1,10 @@
-"""The reproducibility record of a run: config.json and capsule.json in the workdir.
+"""The reproducibility record of a run: config.json and capsule.json in the workdir, and
+launches.jsonl, one line per launch on it (time, command, config, and "started" or why it
+was refused): config.json changes only when a run really starts from its config.
 
     capsule.write(workdir, config)
     watcher = capsule.Record(config)      # writes them when a training run starts
+    capsule.log_launch(workdir, config, "refused: ...")
     config = config_io.from_json("runs/x/config.json")  # typed again: a replay
 
 capsule.json holds the git commit and the uncommitted diff, the command line, package
@@ -12,6 +15,7 @@ with the same commit and diff, it gives the same numbers.
 
 import datetime
 import importlib.metadata
+import json
 import os
 import platform
 import subprocess
@@ -117,6 +121,21 @@ def write(workdir: str, config):
   writers.write_json(os.path.join(workdir, "capsule.json"), describe(config), indent=2)
 
 
+def log_launch(workdir: str, config, outcome: str):
+  """Appends the launch to workdir/launches.jsonl (process 0; a workdir that is no directory
+  is left alone)."""
+  path = os.path.join(os.path.abspath(os.path.expanduser(workdir)), "launches.jsonl")
+  if jax.process_index() != 0 or not os.path.isdir(os.path.dirname(path)):
+    return
+  line = json.dumps({"time": datetime.datetime.now().isoformat(timespec="seconds"),
+                     "command": sys.argv, "outcome": outcome,
+                     "config": json.loads(config.to_json_best_effort())})
+  with open(path, "a") as f:
+    f.write(line + "\n")
+    f.flush()
+    os.fsync(f.fileno())
+
+
 class Record:
   """A loop watcher that writes the record once the run's checks have passed."""
 
@@ -125,6 +144,7 @@ class Record:
 
   def start(self, setup, workdir: str):
     write(workdir, self.config)
+    log_launch(workdir, self.config, "started")
 
   def __call__(self, step, split, metrics) -> bool:
     return False
