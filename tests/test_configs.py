@@ -6,6 +6,8 @@ import glob
 import importlib
 import os
 
+import jax
+import numpy as np
 import pytest
 
 import models
@@ -55,8 +57,19 @@ def test_parse_arg_types_and_errors():
 def test_resnet_depth_argument():
   module = importlib.import_module("configs.fashion_mnist_resnet")
   assert module.get_config("depth=34").model.stage_sizes == (3, 4, 6, 3)
-  with pytest.raises(ValueError, match="depth=50"):
-    module.get_config("depth=50")
+  assert module.get_config("depth=34").model.block == "basic"
+  resnet50 = module.get_config("depth=50").model
+  assert resnet50.stage_sizes == (3, 4, 6, 3) and resnet50.block == "bottleneck"
+  assert module.get_config("depth=152,runlocal").model.block == "bottleneck"
+  with pytest.raises(ValueError, match="depth=51"):
+    module.get_config("depth=51")
+  # The parameter counts its docstring states (10 classes, 28x28x1 images).
+  for arg, count in [(None, 11_172_810), ("depth=50", 23_519_690),
+                     ("depth=50,runlocal", 129_858)]:
+    model = models.build(module.get_config(arg).model, num_classes=10)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), np.zeros((1, 28, 28, 1))))
+    assert sum(x.size for x in jax.tree.leaves(shapes["params"])) == count, arg
+    assert f"{count:,}" in module.__doc__, arg
 
 
 def test_transformer_config_lists_every_switch_at_the_model_default():
