@@ -12,7 +12,9 @@ small images. 2,684,554 parameters (pool=avg: 2,684,170; runlocal: 19,658).
 same shape load with --config.init_from=timm_vit:PATH or hf_vit:PATH (with
 --config.model.norm_epsilon=1e-12), a head of another size with --config.init_skip='("head",)'
 (train_lib/weights/timm_vit.py, hf_vit.py); tools/export.py writes them back.
-Measured: (GPU numbers to come)
+Measured (seed 0, one H200, jax 0.11.2, 2026-12-04): test accuracy 0.9076 after 14,070 steps
+(30 epochs), held-out loss 0.700 (with label smoothing), 87 steps/s = 11,140 examples/s
+(bench/families.py; bench/RESULTS.md run 12).
 """
 
 from configs import base

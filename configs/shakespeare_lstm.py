@@ -8,7 +8,10 @@ is the one change.
     python main.py --config=configs/shakespeare_lstm.py --workdir=runs/l --mode=sample
     python main.py --config=configs/shakespeare_lstm.py:runlocal --workdir=/tmp/l  # seconds, CPU
 
-Measured: (GPU numbers to come)
+Measured (seed 0, one H200, jax 0.11.2, 2026-12-04; the families ablation, 750 steps, same
+data and schedule): held-out loss 1.426 nats/byte (2.058 bits/byte), -0.173 vs the
+Transformer's 1.599 at 750 steps; 30.5 steps/s, 499,962 tokens/s (0.25x the Transformer's
+120.6 in the same session; bench/RESULTS.md run 12). A full 5,000-step run: not yet measured.
 """
 
 import ml_collections

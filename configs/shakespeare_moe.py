@@ -15,7 +15,10 @@ held-out loss and bits per byte against shakespeare_char's (1.161 nats, 1.68 bpb
 load_balance_loss, z_loss, expert_load/0..7 and dropped_fraction in metrics.jsonl.
 --config.model.capacity_factor=1.25 switches to token dropping with a capacity per expert;
 --config.mesh.expert=N shards the experts (and the batch) over N devices.
-Measured: (GPU numbers to come)
+Measured (seed 0, one H200, jax 0.11.2, 2026-12-04; the families ablation, 750 steps, same
+data and schedule): held-out loss 1.758 nats/byte (2.536 bits/byte), +0.158 vs the
+Transformer's 1.599 at 750 steps; 57.4 steps/s, 940,985 tokens/s (0.48x the Transformer's
+120.6 in the same session; bench/RESULTS.md run 12). A full 5,000-step run: not yet measured.
 """
 
 import ml_collections
