@@ -129,3 +129,13 @@ def test_resume_time_changes_are_refused_or_reported(tmp_path, tfds_dir):
   assert "schedule changed on resume" in proc.stderr and "seed 0 -> 1 on resume" in proc.stderr
   assert "data position 4 at step 6" in proc.stderr
   assert last_json(proc.stdout)["step"] == 9
+
+
+def test_a_bad_init_from_is_refused_before_any_device_work(tmp_path, tfds_dir):
+  for spec, message in (("nosuchformat:x.safetensors", "init_from format"),
+                        (f"hf_gpt2:{tmp_path}/missing.safetensors", "no file")):
+    proc = run_main(*args(str(tmp_path / "w"), tfds_dir), f"--config.init_from={spec}",
+                    check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert message in last and "model mlp" not in proc.stderr, last

@@ -300,8 +300,9 @@ def test_ablation_configs_are_configs(path):
   from train_lib.tools import ablate
   name = os.path.basename(path)[:-3]
   for arg in (None, "runlocal"):
-    plan = ablate.Plan(importlib.import_module(f"configs.ablations.{name}").get_config(arg))
-    assert len(plan.configs) > 1 and plan.check_step
+    abl = importlib.import_module(f"configs.ablations.{name}").get_config(arg)
+    plan = ablate.Plan(abl)
+    assert len(plan.configs) > 1 and (plan.check_step or not abl.early_stop.at)
 
 
 def test_bench_table_aligns_columns_and_reports_errors(capsys, tmp_path):
@@ -337,3 +338,19 @@ def test_ablation_variant_can_be_another_config_on_the_same_data(tfds_dir):
   with pytest.raises(UserError, match=r"reads other data than the baseline \(.*data.name"):
     ablate.Plan(digits_ablation(variants=(("lm", "config",
                                            "configs/shakespeare_char.py:runlocal"),)))
+
+
+@pytest.mark.parametrize("arg", [None, "runlocal"])
+def test_families_ablation_plans_every_family_on_the_baseline_data(arg):
+  """configs/ablations/shakespeare_families.py: Transformer, LSTM, GRU, SSM and MoE, each its
+  own config, at the baseline's steps on exactly its data (the plan refuses otherwise)."""
+  from configs.ablations import shakespeare_families
+  from train_lib.tools import ablate
+  plan = ablate.Plan(shakespeare_families.get_config(arg))
+  models = {name: c.model.name for name, c in plan.configs.items()}
+  assert models == {"baseline": "transformer", "lstm": "rnn", "gru": "rnn", "ssm": "ssm",
+                    "moe": "moe"}
+  assert plan.configs["gru"].model.cell == "gru"
+  base = plan.configs["baseline"]
+  for config in plan.configs.values():
+    assert config.data == base.data and config.train.num_steps == base.train.num_steps
