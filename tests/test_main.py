@@ -163,9 +163,8 @@ def _run_until(args, marker, sig, tfds_dir):
   import signal
   import subprocess
   import sys
-  from helpers import REPO
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
-             XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  from helpers import REPO, main_env
+  env = main_env(1)
   proc = subprocess.Popen([sys.executable, os.path.join(REPO, "main.py"), *args,
                            f"--config.data.tfds_dir={tfds_dir}"], cwd=REPO, env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

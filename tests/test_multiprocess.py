@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from configs import base
-from helpers import REPO, last_json, read_metrics, run_main
+from helpers import REPO, last_json, main_env, read_metrics, run_main
 from input_pipeline import images
 from train_lib import distributed
 from train_lib.errors import UserError
@@ -36,8 +36,7 @@ def free_port() -> int:
 def launch(args, out_dir, num_processes=2, devices=4):
   """Starts main.py as `num_processes` processes; process 0's stderr is a pipe, every
   other stream a file in out_dir (out0.txt, err1.txt, ...)."""
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  env = main_env(devices)
   address = f"localhost:{free_port()}"
   procs = []
   for p in range(num_processes):
