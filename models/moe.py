@@ -36,10 +36,10 @@ import jax.numpy as jnp
 from models import register
 from models.layers import kernels
 from models.layers.attention import Attention
-from models.layers.head_loss import fused_head_loss, lookup
+from models.layers.head_loss import fused_head_loss
 from models.layers.named import named
 from models.layers.norm import add_and_norm, make_norm
-from models.transformer import ACTIVATION, POSITIONS, REMAT, sinusoidal
+from models.transformer import ACTIVATION, POSITIONS, REMAT, embed_tokens
 
 # The dispatched tokens [B, E, C, D]: experts over the expert axis (GShard's all-to-all),
 # groups over the data axes that do not hold experts ("expert_batch" in config.mesh.rules).
@@ -262,26 +262,8 @@ class MoETransformer(nn.Module):
     """(final hidden states [B, T, D], head weights [D, V], aux): aux has "loss" (the
     weighted auxiliary loss) and each name of aux_metrics, averaged over layers."""
     self._check()
-    B, T = tokens_BxT.shape
-    if positions is None:
-      if decode:  # continue from the cache's write position
-        pos = self.variable("cache", "position", lambda: jnp.zeros((), jnp.int32))
-        positions = jnp.broadcast_to(pos.value + jnp.arange(T), (B, T))
-        if not self.is_initializing():
-          pos.value = pos.value + T
-      else:
-        positions = jnp.broadcast_to(jnp.arange(T), (B, T))
-    embed = nn.Embed(self.vocab_size, self.d_model, dtype=self.dtype, name="embed",
-                     embedding_init=named(nn.initializers.normal(0.02), "vocab", "embed"))
-    x_BxTxD = lookup(embed.embedding.astype(self.dtype), tokens_BxT)
-    if self.position == "learned":
-      pos_embed = self.param("pos_embed", named(nn.initializers.normal(0.01), None, "embed"),
-                             (self.max_len, self.d_model))
-      x_BxTxD = x_BxTxD + jnp.take(pos_embed, positions, axis=0).astype(self.dtype)
-    elif self.position == "sinusoidal":
-      x_BxTxD = x_BxTxD + sinusoidal(positions, self.d_model).astype(self.dtype)
-    x_BxTxD = nn.Dropout(self.dropout, deterministic=not train)(x_BxTxD)
-    x_BxTxD = nn.with_logical_constraint(x_BxTxD, ACTIVATION)
+    embed, x_BxTxD, positions = embed_tokens(self, tokens_BxT, positions, train=train,
+                                             decode=decode)
 
     residual_std = 0.02 / math.sqrt(2 * self.num_layers) if self.scaled_residual_init else 0.02
     block_args = dict(

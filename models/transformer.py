@@ -47,6 +47,33 @@ def sinusoidal(positions_BxT, d: int):
   return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
 
 
+def embed_tokens(module, tokens_BxT, positions, *, train: bool, decode: bool):
+  """(the embedding module, the embedded tokens [B, T, D] with positions and dropout, the
+  positions [B, T]) for a decoder in `module`'s compact method: its fields vocab_size,
+  d_model, dtype, position, max_len and dropout. With decode=True and no positions given,
+  they continue from the cache's write position."""
+  B, T = tokens_BxT.shape
+  if positions is None:
+    if decode:
+      pos = module.variable("cache", "position", lambda: jnp.zeros((), jnp.int32))
+      positions = jnp.broadcast_to(pos.value + jnp.arange(T), (B, T))
+      if not module.is_initializing():
+        pos.value = pos.value + T
+    else:
+      positions = jnp.broadcast_to(jnp.arange(T), (B, T))
+  embed = nn.Embed(module.vocab_size, module.d_model, dtype=module.dtype, name="embed",
+                   embedding_init=named(nn.initializers.normal(0.02), "vocab", "embed"))
+  x_BxTxD = lookup(embed.embedding.astype(module.dtype), tokens_BxT)
+  if module.position == "learned":
+    pos_embed = module.param("pos_embed", named(nn.initializers.normal(0.01), None, "embed"),
+                             (module.max_len, module.d_model))
+    x_BxTxD = x_BxTxD + jnp.take(pos_embed, positions, axis=0).astype(module.dtype)
+  elif module.position == "sinusoidal":
+    x_BxTxD = x_BxTxD + sinusoidal(positions, module.d_model).astype(module.dtype)
+  x_BxTxD = nn.Dropout(module.dropout, deterministic=not train)(x_BxTxD)
+  return embed, nn.with_logical_constraint(x_BxTxD, ACTIVATION), positions
+
+
 class Block(nn.Module):
   """One residual block; (carry, positions) -> (carry, None) so that nn.scan can stack it."""
   num_heads: int
@@ -158,26 +185,8 @@ class Transformer(nn.Module):
     self._check()
     if decode and not self.causal:
       raise ValueError("decode=True needs a causal model (model.causal=True)")
-    B, T = tokens_BxT.shape
-    if positions is None:
-      if decode:  # continue from the cache's write position
-        pos = self.variable("cache", "position", lambda: jnp.zeros((), jnp.int32))
-        positions = jnp.broadcast_to(pos.value + jnp.arange(T), (B, T))
-        if not self.is_initializing():
-          pos.value = pos.value + T
-      else:
-        positions = jnp.broadcast_to(jnp.arange(T), (B, T))
-    embed = nn.Embed(self.vocab_size, self.d_model, dtype=self.dtype, name="embed",
-                     embedding_init=named(nn.initializers.normal(0.02), "vocab", "embed"))
-    x_BxTxD = lookup(embed.embedding.astype(self.dtype), tokens_BxT)
-    if self.position == "learned":
-      pos_embed = self.param("pos_embed", named(nn.initializers.normal(0.01), None, "embed"),
-                             (self.max_len, self.d_model))
-      x_BxTxD = x_BxTxD + jnp.take(pos_embed, positions, axis=0).astype(self.dtype)
-    elif self.position == "sinusoidal":
-      x_BxTxD = x_BxTxD + sinusoidal(positions, self.d_model).astype(self.dtype)
-    x_BxTxD = nn.Dropout(self.dropout, deterministic=not train)(x_BxTxD)
-    x_BxTxD = nn.with_logical_constraint(x_BxTxD, ACTIVATION)
+    embed, x_BxTxD, positions = embed_tokens(self, tokens_BxT, positions, train=train,
+                                             decode=decode)
 
     residual_std = 0.02 / math.sqrt(2 * self.num_layers) if self.scaled_residual_init else 0.02
     block_args = dict(
