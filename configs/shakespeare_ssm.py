@@ -42,4 +42,6 @@ def get_config(arg=None):
   config.model.tie_embeddings = True
   config.model.scan_layers = True
   config.model.remat = False
+  if arg.runlocal:
+    config.optim.learning_rate = 1e-2   # a tiny model: memorises sanity's batch in ~30 steps
   return config
