@@ -39,8 +39,12 @@ def test_trains_evaluates_resumes_after_kill_and_samples(name, tmp_path, tfds_di
   result = last_json(run_main(*argv(name, ref, tfds_dir)).stdout)
   assert result["step"] == 20 and np.isfinite(result["loss"]), result
 
-  # kill -9 after step 15 (checkpoint 10 committed), rerun: the same parameters as ever.
-  code, err, _ = run_and_kill(argv(name, killed, tfds_dir), after_progress(3), killed)
+  # kill -9 after step 15 (checkpoint 10 committed and its checksums written: a step killed
+  # before them is not trusted, and the run would start over), rerun: the same parameters.
+  sealed = os.path.join(killed, "checkpoints", "10", "checksums.json")
+  code, err, _ = run_and_kill(argv(name, killed, tfds_dir),
+                              lambda lines, tmp: after_progress(3)(lines, tmp) and
+                              os.path.exists(sealed), killed)
   assert code == -9, err[-2000:]
   resumed = run_main(*argv(name, killed, tfds_dir))
   assert "resumed from checkpoint at step 10" in resumed.stderr
