@@ -105,6 +105,11 @@ def get_config():
   config.train.allow_schedule_change = False  # resume although num_steps or the lr schedule changed
   config.train.allow_seed_change = False  # resume although seed (hence the data order) changed
   config.train.allow_data_position_mismatch = False  # resume although data position != step
+  # A finite explosion: the train loss above divergence_factor x the measured initial loss
+  # for divergence_patience log intervals in a row stops the run (exit 3); 0 = off.
+  config.train.divergence_factor = 10.0
+  config.train.divergence_patience = 3
+  config.train.profile_steps = ()      # (START, COUNT): a trace of COUNT steps in workdir/profile/
 
   config.eval = ml_collections.ConfigDict()
   config.eval.step = -1                # --mode=eval and sample: -1 = newest checkpoint
@@ -114,6 +119,19 @@ def get_config():
   config.evals = ml_collections.ConfigDict()
   # The task's metrics on the held-out split; num_examples > 0: only its first ones.
   config.evals.loss = ml_collections.ConfigDict({"name": "loss", "every": -1, "num_examples": 0})
+
+  # Experiment trackers beside metrics.jsonl and TensorBoard, e.g. "wandb" or "wandb,mlflow";
+  # process 0 only, and a tracker that fails is reported, never fatal.
+  config.writers = ""
+  config.wandb = ml_collections.ConfigDict()
+  config.wandb.project = "whetstone"
+  config.wandb.entity = ""             # "" = the default entity of the API key
+  config.wandb.name = ""               # "" = the workdir's name
+  config.wandb.mode = ""               # "" = $WANDB_MODE or online; offline | online | disabled
+  config.mlflow = ml_collections.ConfigDict()
+  config.mlflow.tracking_uri = ""      # "" = $MLFLOW_TRACKING_URI or ./mlruns
+  config.mlflow.experiment = "whetstone"
+  config.mlflow.run_name = ""          # "" = the workdir's name
 
   config.sample = ml_collections.ConfigDict()   # --mode=sample (language models)
   config.sample.prompt = "\n"

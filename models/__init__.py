@@ -7,9 +7,13 @@
 
 A model is one file in models/ whose class is decorated with @register("name");
 a user model outside the repo is named "package.module:Class" or "path/file.py:Class"
-(plugins.py). Every field of config.model except `name` is passed to the constructor.
+(plugins.py). A model receives the fields of config.model that it declares (its dataclass
+fields); `undeclared(config.model)` lists the others, which the run reports (a field set
+for another model) or refuses (a near miss of a declared one: a typo).
 """
 
+import dataclasses
+import difflib
 import inspect
 
 import plugins
@@ -27,14 +31,28 @@ def resolve(name: str):
   return REGISTRY.resolve(name)
 
 
+def fields(cls) -> set:
+  """The constructor arguments a model class declares (less Flax's parent and name)."""
+  if dataclasses.is_dataclass(cls):
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+  else:
+    names = set(inspect.signature(cls).parameters)
+  return names - {"parent", "name"}
+
+
+def undeclared(model_config) -> list:
+  """[(field, the declared field it nearly matches or None)] of config.model's fields that
+  its class does not declare."""
+  declared = fields(resolve(model_config.name))
+  return [(k, next(iter(difflib.get_close_matches(k, declared, n=1)), None))
+          for k in model_config.keys() if k != "name" and k not in declared]
+
+
 def build(model_config, **extra):
-  """Instantiates config.model; `extra` (num_classes, dtype, ...) are passed when accepted."""
+  """Instantiates config.model with the fields its class declares; `extra` (num_classes,
+  dtype, ...) are passed when declared."""
   cls = resolve(model_config.name)
-  kwargs = {k: v for k, v in model_config.items() if k != "name"}
-  fields = set(inspect.signature(cls).parameters)
-  unknown = sorted(set(kwargs) - fields)
-  if unknown:
-    raise ModelError(f"model {model_config.name!r} has no argument(s) {unknown}; "
-                     f"it accepts {sorted(fields - {'parent', 'name'})}")
-  kwargs.update({k: v for k, v in extra.items() if k in fields})
+  declared = fields(cls)
+  kwargs = {k: v for k, v in model_config.items() if k in declared}
+  kwargs.update({k: v for k, v in extra.items() if k in declared})
   return cls(**kwargs)

@@ -57,8 +57,10 @@ def test_bfloat16_compute_float32_params():
 def test_unknown_name_and_argument_are_named():
   with pytest.raises(models.ModelError, match="Did you mean 'resnet'"):
     models.build(cfg(name="resnt"), num_classes=2)
-  with pytest.raises(models.ModelError, match=r"no argument\(s\) \['widht'\]"):
-    models.build(cfg(name="resnet", widht=3), num_classes=2)
+  assert sorted(models.undeclared(cfg(name="resnet", widht=3, dense=4))) == [
+      ("dense", None), ("widht", "width")]
+  model = models.build(cfg(name="resnet", widht=3, dense=4), num_classes=2)   # declared only
+  assert not hasattr(model, "widht") and not hasattr(model, "dense")
 
 
 def test_user_model_loads_by_import_path(tmp_path, monkeypatch):

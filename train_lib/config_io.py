@@ -2,6 +2,7 @@
 
     config = config_io.from_json("runs/x/config.json")   # a run's config, typed again: a replay
     config_io.set_field(config, "optim.learning_rate", "3e-4")   # one override, typed
+    config_io.check_keys(config)     # every key known: a typo in a config file exits 2
 
 The command line's --config.KEY=VALUE goes through ml_collections' config_flags; ablation
 variants and bench/ scripts go through set_field, with the same types and errors.
@@ -13,7 +14,9 @@ import json
 
 import ml_collections
 
+import plugins
 from configs import base
+from train_lib.errors import UserError
 
 
 def set_field(config, key: str, value):
@@ -80,3 +83,85 @@ def _merge(config, values: dict):
 
 def _tuples(value):
   return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+# Sections whose fields, beyond those declared in configs/base.py, belong to the plug-in
+# that the section names: (section, the plug-in kind's registry) -> the class declares them.
+def _plugin_fields(kind: str, name: str):
+  """(declared field names or None where the class declares none, is it user code)."""
+  if kind == "model":
+    import models
+    cls = models.resolve(name)
+    return models.fields(cls), ":" in name
+  if kind == "task":
+    from train_lib import tasks as registry
+  elif kind == "data":
+    import input_pipeline as registry
+  else:
+    from train_lib import evaluators as registry
+  cls = registry.REGISTRY.resolve(name)
+  declared = getattr(cls, "config_fields", None)
+  return (None if declared is None else set(declared)), ":" in name
+
+
+def check_keys(config):
+  """Refuses (UserError) a key that the config sets but nothing declares: not in
+  configs/base.py, nor a field of the model, task, data source or evaluator it names, nor
+  (optim.groups.G) a field of optim. A near miss says "did you mean". Sections whose
+  class is user code are left to the class (models report what they do not declare)."""
+  defaults = base.get_config()
+  if "variants" in config:   # an ablation: its runs' configs are checked one by one
+    return
+  problems = []
+
+  def unknown(path, key, known):
+    close = difflib.get_close_matches(key, sorted(known), n=1)
+    problems.append(f"{path}{key}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+
+  for key in config.keys():
+    if key not in defaults:
+      unknown("", key, defaults.keys())
+  for section, kind in (("model", "model"), ("task", "task"), ("data", "data")):
+    if section not in config or "name" not in config[section]:
+      continue
+    try:
+      declared, user = _plugin_fields(kind, config[section].name)
+    except plugins.PluginError as e:
+      raise UserError(str(e)) from None
+    if declared is None or user:
+      continue
+    known = set(defaults[section].keys()) | declared
+    if section == "model":   # others' fields are reported by the run, near misses refused
+      for key in config.model.keys():
+        if key != "name" and key not in known and difflib.get_close_matches(key, known, n=1):
+          unknown("model.", key, known)
+      continue
+    for key in config[section].keys():
+      if key not in known:
+        unknown(f"{section}.", key, known)
+  for section in ("optim", "train", "eval", "sample", "sanity", "lr_range", "mesh", "wandb",
+                  "mlflow"):
+    if isinstance(config.get(section), ml_collections.ConfigDict):
+      for key in config[section].keys():
+        if key not in defaults[section]:
+          unknown(f"{section}.", key, defaults[section].keys())
+  for group, fields in (config.optim.get("groups") or {}).items():
+    for key in fields.keys():
+      if key not in defaults.optim or key == "groups":
+        unknown(f"optim.groups.{group}.", key, set(defaults.optim.keys()) - {"groups"})
+  for label, ec in (config.get("evals") or {}).items():
+    if not isinstance(ec, ml_collections.ConfigDict) or "name" not in ec:
+      continue
+    try:
+      declared, user = _plugin_fields("evaluator", ec.name)
+    except plugins.PluginError as e:
+      raise UserError(f"evals.{label}: {e}") from None
+    if declared is not None and not user:
+      known = {"name", "every"} | declared
+      for key in ec.keys():
+        if key not in known:
+          unknown(f"evals.{label}.", key, known)
+  if problems:
+    raise UserError(f"unknown config key{'s' if len(problems) > 1 else ''} "
+                    f"{', '.join(problems)}: not declared in configs/base.py nor by the "
+                    "plug-in its section names; fix the config file")

@@ -6,6 +6,11 @@ never reaches a checkpoint.
     finite = guard.screen([(step, metrics), ...], last_saved)  # host metrics of finite steps
     guard.check_state(state, step, last_saved)                 # before every save
 
+A finite explosion stops the run too: the logged train loss above train.divergence_factor x
+the loss measured at initialisation for train.divergence_patience log intervals in a row
+(guard.check_loss). While the loss is above that line no periodic checkpoint is saved
+(guard.exploding), so the newest checkpoint is the last good one.
+
 With train.skip_nonfinite_steps=N > 0 a step whose loss or gradient norm is non-finite
 leaves the parameters, optimizer and model state as they were; it is counted, and the run
 stops at the (N+1)-th.
@@ -43,9 +48,33 @@ def _finite_leaves(tree):
 
 class Guard:
 
-  def __init__(self, max_skips: int, directory: str):
+  def __init__(self, max_skips: int, directory: str, divergence_factor: float = 0.0,
+               patience: int = 1, initial_loss=None):
     self.max_skips, self.directory, self.skipped = max_skips, directory, []
     self.last_bad = None   # (step, host metrics) of the newest non-finite step
+    self.factor, self.patience, self.initial_loss = divergence_factor, patience, initial_loss
+    self.above = []        # (step, loss) of the latest log intervals above the line
+
+  @property
+  def exploding(self) -> bool:
+    return bool(self.above)
+
+  def check_loss(self, step: int, loss: float, last_saved):
+    """Stops the run (Diverged) once `patience` logged losses in a row exceed factor x the
+    initial loss. Off where the factor is 0 or the initial loss is unknown or not positive."""
+    if not (self.factor and self.initial_loss and self.initial_loss > 0):
+      return
+    line = self.factor * self.initial_loss
+    self.above = self.above + [(step, loss)] if loss > line else []
+    if len(self.above) >= self.patience:
+      good = (f"step {last_saved} in {self.directory} (roll back with "
+              f"--config.train.restore_step={last_saved})" if last_saved is not None
+              else "none")
+      raise Diverged(
+          f"diverged: train loss {loss:.4g} at step {step} is over train.divergence_factor="
+          f"{self.factor:g} x the initial loss {self.initial_loss:.4g} for {len(self.above)} "
+          f"log intervals (since step {self.above[0][0]}); last good checkpoint: {good}; "
+          "lower optim.learning_rate or set optim.clip_norm")
 
   def _stop(self, what: str, step: int, last_saved):
     good = f"step {last_saved} in {self.directory}" if last_saved is not None else "none"

@@ -6,6 +6,7 @@ checkpoints, loop, evaluation.
     result = loop.evaluate(config, workdir)  # newest (or config.eval.step) checkpoint
 """
 
+import contextlib
 import glob
 import os
 import signal
@@ -32,6 +33,8 @@ def progress_line(task, current: int, num_steps: int, means: dict) -> str:
             else f"{items:.0f} ex/s"]
   if "mfu" in means:
     parts.append(f"MFU {means['mfu']:.1%}")
+  if means.get("data_wait_fraction", 0.0) > 0.05:
+    parts.append(f"data wait {means['data_wait_fraction']:.0%}")
   parts.append(f"ETA {writers.format_eta((num_steps - current) / sps)}")
   return " | ".join(parts)
 
@@ -81,9 +84,12 @@ def _train(config, workdir: str, watchers) -> dict:
         state = weights.init_state(state, config, s.task, s.state_sharding)
         writers.console(f"parameters from {config.init_from}" + (
             f" (kept at init: {', '.join(config.init_skip)})" if config.init_skip else ""))
+    counted = s.data.eval_count()
     writers.console(f"model {config.model.name}: {state_lib.num_params(state.params):,} "
                     f"parameters; {s.data.num_train:,} train / {s.data.num_eval:,} eval "
-                    f"examples per epoch; mesh {dict(s.mesh.shape)}")
+                    f"examples per epoch" + (f" (the eval counts {counted:,} {s.task.unit})"
+                                             if counted != s.data.num_eval else "") +
+                    f"; mesh {dict(s.mesh.shape)}")
     for watcher in watchers:   # the checks against the checkpoint have passed: the run starts
       if hasattr(watcher, "start"):
         watcher.start(s, workdir)
@@ -186,56 +192,65 @@ def _train_steps(config, s, state, ckpt, writer, evals, batch_sharding, start, s
   train_step = train_step.lower(state, batch).compile()
   compile_s = time.perf_counter() - t0
   writers.console(f"compiled train step in {compile_s:.1f}s")
-  guard = guards.Guard(tc.skip_nonfinite_steps, ckpt.directory)
+  guard = guards.Guard(tc.skip_nonfinite_steps, ckpt.directory, tc.divergence_factor,
+                       tc.divergence_patience, _initial_loss(ckpt.workdir, start))
   writer.write(start, "train", {"compile_seconds": compile_s})
 
   pending, screened, result, last_saved = [], [], None, ckpt.latest_step()
   flops, peak = setup_lib.flops_per_item(s, state.params), setup_lib.peak_flops(config)
-  t_log, steps_since_log = time.perf_counter(), 0
+  profiler = Profiler(tc.profile_steps, ckpt.workdir)
+  clock = Phases()
   for i in range(start, tc.num_steps):
+    profiler.before(i, state)
     if i > start:
-      batch = s.data.next_train()
+      with clock("data"):
+        batch = s.data.next_train()
     state, metrics = train_step(state, batch)
-    steps_since_log += 1
+    clock.steps += 1
     current = i + 1
     pending.append((current, metrics))
     last, stop_early = current == tc.num_steps, False
     if current % tc.log_every == 0 or last:
+      first = pending[0][0]
       screened, pending = screened + _screen(guard, pending, last_saved, watchers), []
+      if first == 1 and 1 not in guard.skipped:   # step 1's loss: the parameters at init
+        guard.initial_loss = float(screened[0]["loss"])
+        writer.write(0, "train", {"loss": guard.initial_loss})
+        _notify(watchers, 0, "train", {"loss": guard.initial_loss})
     if (current % tc.log_every == 0 or last) and screened:
       means = {k: float((np.max if s.task.metrics.get(k) == metrics_lib.MAX else np.mean)(
           [m[k] for m in screened])) for k in screened[0]}
+      means["loss_max"] = float(max(m["loss"] for m in screened))   # a spike inside the mean
       screened = []
       if guard.skipped:
         means["skipped_steps"] = len(guard.skipped)
-      stop_early = _notify(watchers, current, "train", means)
-      elapsed = time.perf_counter() - t_log
-      sps = steps_since_log / elapsed
-      items = sps * s.task.items_per_batch(config.data.batch_size)
-      means.update({"steps_per_sec": sps, f"{s.task.unit}_per_sec": items})
+      means.update(clock.rates(s.task, config.data.batch_size))
       if flops and peak:
-        means["mfu"] = items * flops / peak
+        means["mfu"] = means[f"{s.task.unit}_per_sec"] * flops / peak
       writer.write(current, "train", means)
       writers.console(progress_line(s.task, current, tc.num_steps, means))
-      t_log, steps_since_log = time.perf_counter(), 0
+      stop_early = _notify(watchers, current, "train", means)
+      guard.check_loss(current, means["loss"], last_saved)   # a finite explosion: exit 3
     if evals.due(current, last):
-      metrics = evals.run(state, current, last)
+      with clock("eval"):
+        metrics = evals.run(state, current, last)
       writer.write(current, config.data.eval_split, metrics)
       writers.console(f"eval {config.data.eval_split} at step {current}: " +
                       " ".join(f"{k} {v:.4f}" for k, v in metrics.items()
                                if isinstance(v, float)))
       result = {"step": current, "split": config.data.eval_split, **metrics}
       stop_early = _notify(watchers, current, config.data.eval_split, metrics) or stop_early
-      t_log = time.perf_counter()  # eval time does not count against training speed
     stopping = stop.requested(current - start)
-    if ((tc.checkpoint_every and current % tc.checkpoint_every == 0) or last or stopping
-        or stop_early):
-      screened, pending = screened + _screen(guard, pending, last_saved, watchers), []
-      guard.check_state(state, current, last_saved)
-      ckpt.save(current, state, s.data.train_iter, config)
+    periodic = tc.checkpoint_every and current % tc.checkpoint_every == 0
+    if (periodic and not guard.exploding) or last or stopping or stop_early:
+      with clock("checkpoint"):
+        screened, pending = screened + _screen(guard, pending, last_saved, watchers), []
+        guard.check_state(state, current, last_saved)
+        ckpt.save(current, state, s.data.train_iter, config)
       last_saved = current
     if stopping and not last:
       ckpt.wait()
+      profiler.stop()
       name = stop.name
       writers.console(f"{name}: saved checkpoint at step {current} in {ckpt.directory}")
       raise Preempted(f"preempted by {name} at step {current}, checkpoint saved; "
@@ -244,12 +259,87 @@ def _train_steps(config, s, state, ckpt, writer, evals, batch_sharding, start, s
       config_reads.report(config, "train")
     if stop_early and not last:
       ckpt.wait()
+      profiler.stop()
       writers.console(f"stopped early at step {current} (asked by a watcher)")
       if result is None or result["step"] != current:
         result = {"step": current, "split": config.data.eval_split,
                   **evals.run(state, current, final=True)}
       return {**result, "stopped_early": True}
+  profiler.stop()
   return result
+
+
+def _initial_loss(workdir: str, start: int):
+  """The train loss measured at initialisation (metrics.jsonl's step-0 line) of a resumed
+  run, the same on every process; None on a fresh start (the loop measures it) or where
+  the line is missing."""
+  if not start:
+    return None
+  value = writers.read_curves(workdir, "loss").get("train", {}).get(0, np.nan)
+  if jax.process_count() > 1:   # process 0 writes the logs; every process needs the value
+    value = float(multihost_utils.broadcast_one_to_all(np.float64(value)))
+  return value if np.isfinite(value) else None
+
+
+class Phases:
+  """Wall time per phase of the steps between two progress lines: waiting for data, eval,
+  checkpoint, and the steps themselves (the rest). Rates count the steps' time only."""
+
+  def __init__(self):
+    self._reset()
+
+  def _reset(self):
+    self.t0, self.steps, self.seconds = time.perf_counter(), 0, {}
+
+  @contextlib.contextmanager
+  def __call__(self, phase: str):
+    t = time.perf_counter()
+    try:
+      yield
+    finally:
+      self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - t
+
+  def rates(self, task, batch_size: int) -> dict:
+    """steps_per_sec, items per second and the phase times since the last call."""
+    total = time.perf_counter() - self.t0
+    other = sum(v for k, v in self.seconds.items() if k != "data")
+    data = self.seconds.get("data", 0.0)
+    training = max(total - other, 1e-9)   # the steps and their input
+    sps = self.steps / training
+    out = {"steps_per_sec": sps, f"{task.unit}_per_sec": sps * task.items_per_batch(batch_size),
+           "time/step_sec": training - data, "time/data_sec": data,
+           "time/eval_sec": self.seconds.get("eval", 0.0),
+           "time/checkpoint_sec": self.seconds.get("checkpoint", 0.0),
+           "data_wait_fraction": data / training}
+    self._reset()
+    return out
+
+
+class Profiler:
+  """train.profile_steps=(START, COUNT): a trace of steps START+1 .. START+COUNT in
+  workdir/profile/, for TensorBoard's profile plug-in (xprof) and Perfetto
+  (profile/plugins/profile/<run>/*.trace.json.gz, perfetto_trace.json.gz)."""
+
+  def __init__(self, steps, workdir: str):
+    self.start, self.count = (int(steps[0]), int(steps[1])) if steps else (-1, 0)
+    self.directory, self.state, self.active = os.path.join(workdir, "profile"), None, False
+
+  def before(self, i: int, state):
+    if i == self.start:
+      jax.block_until_ready(state)
+      jax.profiler.start_trace(self.directory, create_perfetto_trace=True)
+      self.active = True
+      writers.console(f"profiling steps {i + 1}-{i + self.count} into {self.directory}")
+    elif self.active and i == self.start + self.count:
+      jax.block_until_ready(state)
+      self.stop()
+
+  def stop(self):
+    if self.active:
+      self.active = False
+      jax.profiler.stop_trace()
+      writers.console(f"profile written to {self.directory}: tensorboard --logdir "
+                      f"{self.directory}, or open perfetto_trace.json.gz in ui.perfetto.dev")
 
 
 def evaluate(config, workdir: str) -> dict:

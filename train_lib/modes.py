@@ -3,7 +3,7 @@
     result = modes.run("sanity", config, workdir)
 """
 
-from train_lib import config_reads, loop, partitioning, setup
+from train_lib import config_io, config_reads, loop, partitioning, setup
 from train_lib.errors import UserError
 from train_lib.tools import ablate, lr_range, sample, sanity, train as train_with_tools
 
@@ -11,6 +11,7 @@ MODES = ("train", "eval", "sample", "shardings", "ablate", "sanity", "lr_range")
 
 
 def run(mode: str, config, workdir: str) -> dict:
+  config_io.check_keys(config)   # a typo in a config file, as on the command line: exit 2
   config = config_reads.track(config)
   result = _run(mode, config, workdir)
   config_reads.report(config, mode)  # unless reported already (train: after its first step)

@@ -72,6 +72,10 @@ def build(config, devices=None) -> Setup:
                          dtype=getattr(jax.numpy, DTYPES[config.dtype]))
   except (models.ModelError, TypeError) as e:
     raise UserError(str(e)) from None
+  ignored = [k for k, _ in models.undeclared(config.model)]
+  if ignored:
+    writers.console(f"model {config.model.name}: not passed (fields it does not declare): "
+                    f"{', '.join(f'model.{k}' for k in ignored)}")
   task = tasks.build(config.task, data, model)
   _check_model_fits_data(model, data)
   tx, schedule = optim.build_groups(config.optim, task.groups, config.train.num_steps)
@@ -105,6 +109,15 @@ def check_ranges(config):
     value = config[section][name]
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
       raise UserError(f"{key}={value!r} is out of range: {meaning}, an integer >= {low}")
+  tc = config.train
+  if not tc.divergence_factor >= 0 or tc.divergence_patience < 1:
+    raise UserError(f"train.divergence_factor={tc.divergence_factor} must be >= 0 (0 = off) "
+                    f"and train.divergence_patience={tc.divergence_patience} >= 1")
+  steps = tuple(tc.profile_steps)
+  if steps and not (len(steps) == 2 and all(isinstance(v, int) and not isinstance(v, bool)
+                                            for v in steps) and steps[0] >= 0 and steps[1] >= 1):
+    raise UserError(f"train.profile_steps={steps} must be START,COUNT: two integers, "
+                    "START >= 0 and COUNT >= 1, e.g. --config.train.profile_steps=10,5")
 
 
 def _check_model_fits_data(model, data):

@@ -5,6 +5,7 @@
     writer.close()
     print(table(["name", "loss"], [["a", 0.3]]))   # aligned columns, or markdown=True
     curves = read_curves(workdir, "loss")   # {"train": {step: loss}, "test": {...}}
+    lines = read_lines(workdir)             # {"train": {step: {metric: value}}, ...}
 
 Only process 0 writes; on other processes every call is a no-op.
 """
@@ -98,22 +99,29 @@ def drop_torn_tail(path: str):
           "dropped it")
 
 
-def read_curves(workdir: str, key: str = "loss") -> dict:
-  """{split: {step: value}} of `key` in metrics.jsonl, training runs only (not --mode=eval
-  lines); where a resumed run logged a step again, the last value wins."""
-  curves = {}
+def read_lines(workdir: str) -> dict:
+  """{split: {step: {metric: value}}} of metrics.jsonl's training lines (not --mode=eval
+  lines); where a resumed run logged a step again, the last line wins."""
+  lines = {}
   path = os.path.join(workdir, "metrics.jsonl")
   if not os.path.exists(path):
-    return curves
+    return lines
   with open(path) as f:
     for line in f:
       try:
         record = json.loads(line)
       except ValueError:  # a torn last line; the writer drops it before it appends
         continue
-      if key in record and record.get("mode") is None:
-        curves.setdefault(record["split"], {})[record["step"]] = record[key]
-  return curves
+      if record.get("mode") is None:
+        lines.setdefault(record["split"], {}).setdefault(record["step"], {}).update(
+            {k: v for k, v in record.items() if k not in ("step", "split")})
+  return lines
+
+
+def read_curves(workdir: str, key: str = "loss") -> dict:
+  """{split: {step: value}} of `key` in metrics.jsonl's training lines."""
+  return {split: {step: record[key] for step, record in steps.items() if key in record}
+          for split, steps in read_lines(workdir).items()}
 
 
 def console(line: str):

@@ -23,6 +23,8 @@ register = REGISTRY.register
 
 
 class Evaluator:
+  config_fields = None   # the names of its own fields in config.evals.<label>; None: any
+
   def __init__(self, config, setup, workdir: str):
     self.config, self.setup, self.workdir = config, setup, workdir
 

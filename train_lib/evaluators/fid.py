@@ -57,6 +57,7 @@ def penultimate(model, variables, x):
 
 @register("fid")
 class FID(Evaluator):
+  config_fields = ("num_samples", "batch_size", "references", "classifier", "classifier_step")   # beside name and every
   def __init__(self, config, setup, workdir):
     super().__init__(config, setup, workdir)
     if not hasattr(setup.task, "sample_images"):

@@ -66,6 +66,7 @@ def probe(train, test, num_classes: int, l2: float, steps: int) -> dict:
 
 @register("linear_probe")
 class LinearProbe(Evaluator):
+  config_fields = ("method", "input", "label", "max_train", "steps", "l2", "baselines")   # beside name and every
   def __init__(self, config, setup, workdir):
     super().__init__(config, setup, workdir)
     s = setup

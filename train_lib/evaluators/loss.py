@@ -17,6 +17,7 @@ from train_lib.evaluators import Evaluator, register
 
 @register("loss")
 class HeldOutLoss(Evaluator):
+  config_fields = ("num_examples",)   # beside name and every
   def __init__(self, config, setup, workdir):
     super().__init__(config, setup, workdir)
     s = setup
