@@ -9,6 +9,10 @@
 
 A registry finds its plug-ins by importing every module of its package, so adding one
 is adding a file. This module imports nothing of the project, so every room may use it.
+
+    plugins.USER_CODE    # {"path/to/net.py" or "my_lab.nets": {"path", "sha256"}}: every
+                         # loaded module of user code that is neither installed nor in the
+                         # repo (the run's capsule copies each into workdir/code/)
 """
 
 import difflib
@@ -18,6 +22,23 @@ import importlib.util
 import os
 import pkgutil
 import sys
+
+
+REPO = os.path.dirname(os.path.abspath(__file__))
+USER_CODE = {}
+
+
+def _sha256(path: str) -> str:
+  with open(path, "rb") as f:
+    return hashlib.sha256(f.read()).hexdigest()
+
+
+def _is_user_code(path: str) -> bool:
+  """Neither installed (site-packages, the interpreter's own) nor part of this repo."""
+  path = os.path.realpath(path)
+  installed = ("site-packages" in path.split(os.sep) or "dist-packages" in path.split(os.sep)
+               or path.startswith(os.path.realpath(sys.base_prefix) + os.sep))
+  return not installed and not path.startswith(os.path.realpath(REPO) + os.sep)
 
 
 class PluginError(ValueError):
@@ -35,9 +56,8 @@ def load(spec: str, kind: str = "plug-in"):
       raise PluginError(f"{kind} {spec!r}: no file {path}")
     # One module per file content: a second load of the same file reuses it (jit caches
     # and pickled configs see one class), an edited file gets a module of its own.
-    with open(path, "rb") as f:
-      digest = hashlib.sha256(f.read()).hexdigest()[:12]
-    name = f"whetstone_user_{os.path.splitext(os.path.basename(path))[0]}_{digest}"
+    digest = _sha256(path)
+    name = f"whetstone_user_{os.path.splitext(os.path.basename(path))[0]}_{digest[:12]}"
     if name not in sys.modules:
       module_spec = importlib.util.spec_from_file_location(name, path)
       module = importlib.util.module_from_spec(module_spec)
@@ -48,12 +68,17 @@ def load(spec: str, kind: str = "plug-in"):
         del sys.modules[name]
         raise
     module = sys.modules[name]
+    if _is_user_code(path):
+      USER_CODE[where] = {"path": path, "sha256": digest}
   else:
     try:
       module = importlib.import_module(where)
     except ImportError as e:
       raise PluginError(f"{kind} {spec!r}: cannot import {where!r} ({e}); put its package "
                         "on PYTHONPATH or name the file as path/file.py:Name") from None
+    path = getattr(module, "__file__", None)
+    if path and os.path.isfile(path) and _is_user_code(path):
+      USER_CODE[where] = {"path": os.path.abspath(path), "sha256": _sha256(path)}
   if not hasattr(module, attr):
     raise PluginError(f"{kind} {spec!r}: {where!r} has no attribute {attr!r}")
   return getattr(module, attr)

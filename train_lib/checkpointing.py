@@ -500,6 +500,9 @@ def open_for_reading(workdir: str, step: int = -1):
   Refuses, before any device work, a workdir without checkpoints, a missing step or a
   named step that fails verification; a newer step that fails is reported and passed over."""
   workdir = os.path.abspath(os.path.expanduser(workdir))
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise UserError(f"workdir {workdir} is a file, not a run's directory; point --workdir "
+                    "at a run")
   ckpt = Checkpointer(workdir, read_only=True)
   steps = ckpt.all_steps()
   if not steps:

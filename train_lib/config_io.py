@@ -10,7 +10,9 @@ variants and bench/ scripts go through set_field, with the same types and errors
 
 import ast
 import difflib
+import hashlib
 import json
+import os
 
 import ml_collections
 
@@ -58,6 +60,8 @@ def from_json(path: str):
 
   Fields declared here take their types (JSON lists become tuples where the default is a
   tuple); fields not declared here (the model's) come back as written, lists as tuples.
+  Plug-ins of user code that the run copied into its workdir (capsule.json's user_code)
+  are named by those copies, checked against their sha256.
   """
   try:
     with open(path) as f:
@@ -68,7 +72,41 @@ def from_json(path: str):
     raise ValueError(f"{path} holds no config object")
   config = base.get_config()
   _merge(config, values)
+  _use_copied_code(config, os.path.dirname(os.path.abspath(path)))
   return config
+
+
+def _use_copied_code(config, workdir: str):
+  """Every "name:Attr" whose name the run loaded as user code -> "copy.py:Attr"."""
+  try:
+    with open(os.path.join(workdir, "capsule.json")) as f:
+      entries = json.load(f).get("user_code") or []
+  except (OSError, ValueError, AttributeError):
+    return
+  copies = {}
+  for entry in entries:
+    copy = os.path.join(workdir, entry["copy"])
+    if os.path.isabs(entry["copy"]) or ".." in entry["copy"].split(os.sep) or \
+        os.path.islink(copy):   # never follow a path out of the workdir
+      raise ValueError(f"capsule.json names user code outside {workdir}: {entry['copy']!r}")
+    try:
+      with open(copy, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    except OSError:
+      raise ValueError(f"the run's copy of {entry['name']} is missing ({copy}); replay "
+                       "needs workdir/code/ as the run left it") from None
+    if digest != entry["sha256"]:
+      raise ValueError(f"{copy} does not match the sha256 in capsule.json: it was edited "
+                       "after the run; restore it or name the code yourself")
+    copies[entry["name"]] = copy
+
+  def walk(node):
+    for key, value in node.items():
+      if isinstance(value, ml_collections.ConfigDict):
+        walk(value)
+      elif isinstance(value, str) and value.rpartition(":")[0] in copies:
+        node[key] = f"{copies[value.rpartition(':')[0]]}:{value.rpartition(':')[2]}"
+  walk(config)
 
 
 def _merge(config, values: dict):

@@ -9,6 +9,7 @@ checkpoints, loop, evaluation.
 import contextlib
 import glob
 import os
+import shutil
 import signal
 import threading
 import time
@@ -48,18 +49,42 @@ def train(config, workdir: str, watchers=()) -> dict:
   checks have passed and the workdir is locked, before the first step; watcher.finish(
   result) after a run that ends without an error. train_lib.tools.train attaches the
   researcher's watchers (the run record, the diagnosis, the loss curves)."""
+  fresh = not os.path.exists(os.path.abspath(os.path.expanduser(workdir)))
   workdir = setup_lib.prepare_workdir(workdir)
-  with checkpointing.lock_workdir(workdir):
-    try:
-      result = _train(config, workdir, watchers)
-      StopSignals.completed += 1
-    finally:
-      StopSignals.inside = False
+  try:
+    with checkpointing.lock_workdir(workdir):
+      try:
+        result = _train(config, workdir, watchers)
+        StopSignals.completed += 1
+      finally:
+        StopSignals.inside = False
+  except UserError:
+    if fresh:   # refused before a step: leave no workdir behind that holds only a lock
+      _remove_empty_workdir(workdir)
+    raise
   if StopSignals.deferred:   # arrived after the steps, while the run saved and evaluated
     name = signal.Signals(StopSignals.deferred.pop()).name
     raise Preempted(f"stopped by {name} after the training steps; the run completed its save "
                     f"and evaluation first ({result})")
   return result
+
+
+def _remove_empty_workdir(workdir: str):
+  """Removes what a refused first launch made (lock, empty logs) and the folder, if nothing
+  else is there."""
+  if jax.process_index() != 0:
+    return
+  for name in ("lock", "metrics.jsonl", "launches.jsonl"):
+    path = os.path.join(workdir, name)
+    if os.path.isfile(path) and (name == "lock" or not os.path.getsize(path)):
+      os.remove(path)
+  events = os.path.join(workdir, "tensorboard")
+  if os.path.isdir(events) and all(n.startswith("events.") for n in os.listdir(events)):
+    shutil.rmtree(events)
+  try:
+    os.rmdir(workdir)
+  except OSError:   # something else is there: keep it
+    pass
 
 
 def _train(config, workdir: str, watchers) -> dict:

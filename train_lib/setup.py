@@ -158,6 +158,12 @@ def prepare_workdir(workdir: str) -> str:
     writers.console(f"workdir {given} is {workdir}")
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise UserError(f"workdir {workdir} is a file, not a directory; choose another --workdir")
+  parent = os.path.dirname(workdir)
+  while parent and not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if parent and not os.path.isdir(parent):
+    raise UserError(f"workdir {workdir} cannot be made: {parent} is a file, not a directory; "
+                    "choose another --workdir")
   for name, want_dir in (("checkpoints", True), ("quarantine", True), ("lock", False)):
     path = os.path.join(workdir, name)
     if os.path.lexists(path) and (os.path.isdir(path) != want_dir or os.path.islink(path)):

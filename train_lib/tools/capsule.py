@@ -8,7 +8,10 @@ was refused): config.json changes only when a run really starts from its config.
     config = config_io.from_json("runs/x/config.json")  # typed again: a replay
 
 capsule.json holds the git commit and the uncommitted diff, the command line, package
-versions, XLA and JAX flags, the device topology and the seeds. Replaying a run is
+versions, XLA and JAX flags, the device topology, the seeds, and the user code the run
+loaded from outside the repo (plug-ins named "path/file.py:Name" or "package.module:Name"
+that are not installed): each file is copied into workdir/code/ with its sha256, and a
+replay from config.json loads those copies, not the files as they are now. Replaying a run is
 `python main.py --config=runs/x/config.json --workdir=runs/x_again`: on the same machine,
 with the same commit and diff, it gives the same numbers.
 """
@@ -21,8 +24,12 @@ import platform
 import subprocess
 import sys
 
+import hashlib
+import shutil
+
 import jax
 
+import plugins
 from train_lib import writers
 
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "grain",
@@ -113,12 +120,40 @@ def describe(config) -> dict:
   }
 
 
+def copy_user_code(workdir: str) -> list:
+  """Copies every loaded module of user code into workdir/code/; one entry per module:
+  the name it was loaded by, its path, sha256 and the copy (relative to the workdir)."""
+  entries, folder = [], os.path.join(workdir, "code")
+  for name, info in sorted(plugins.USER_CODE.items()):
+    base = os.path.basename(info["path"]) if name.endswith(".py") or os.sep in name \
+        else f"{name}.py"
+    copy = os.path.join(folder, base)
+    if os.path.exists(copy) and _sha256(copy) != info["sha256"]:   # another file, same name
+      copy = os.path.join(folder, f"{info['sha256'][:12]}-{base}")
+    os.makedirs(folder, exist_ok=True)
+    shutil.copyfile(info["path"], copy + ".tmp")
+    if _sha256(copy + ".tmp") != info["sha256"]:
+      os.remove(copy + ".tmp")
+      writers.console(f"warning: {info['path']} changed since the run loaded it; not copied")
+      continue
+    os.replace(copy + ".tmp", copy)
+    entries.append({"name": name, "path": info["path"], "sha256": info["sha256"],
+                    "copy": os.path.relpath(copy, workdir)})
+  return entries
+
+
+def _sha256(path: str) -> str:
+  with open(path, "rb") as f:
+    return hashlib.sha256(f.read()).hexdigest()
+
+
 def write(workdir: str, config):
   if jax.process_index() != 0:
     return
   writers.write_atomic(os.path.join(workdir, "config.json"),
                        config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
-  writers.write_json(os.path.join(workdir, "capsule.json"), describe(config), indent=2)
+  writers.write_json(os.path.join(workdir, "capsule.json"),
+                     {**describe(config), "user_code": copy_user_code(workdir)}, indent=2)
 
 
 def log_launch(workdir: str, config, outcome: str):
