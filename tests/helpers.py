@@ -41,3 +41,9 @@ def last_json(stdout: str) -> dict:
 def read_metrics(workdir: str):
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     return [json.loads(line) for line in f]
+
+
+def without_timings(record: dict) -> dict:
+  """A metrics line less its wall-clock readings, which differ between identical runs."""
+  return {k: v for k, v in record.items()
+          if not (k.endswith("_per_sec") or k.startswith("time/") or k in ("data_wait_fraction", "mfu"))}

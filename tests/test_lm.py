@@ -30,8 +30,10 @@ def corpus(tmp_path):
   return str(tmp_path / "*.txt")
 
 
-def test_eval_predicts_every_held_out_token_once(tfds_dir, corpus):
+def test_eval_predicts_every_held_out_token_once(tfds_dir, corpus, capfd):
   data = build(text_config(tfds_dir, text_files=corpus))
+  out, err = capfd.readouterr()   # our one line, not TFDS's "Downloading ... Unknown size"
+  assert "Downloading" not in out + err and "from 3 files (" in err, (out, err)
   held_out = data.eval_tokens
   assert data.vocab_size == 256 and len(held_out) == 40 + 44 + 48  # 10% of each file
   seen = []
@@ -65,7 +67,7 @@ def test_shakespeare_train_eval_sample_through_main(tmp_path, tfds_dir):
   assert result["loss"] < 0.9 * np.log(256)                 # it learned something
   assert result["bits_per_byte"] == pytest.approx(result["loss"] / np.log(2))
   train = [r for r in read_metrics(str(tmp_path)) if r["split"] == "train" and "loss" in r]
-  assert all(r["tokens_per_sec"] > 0 for r in train)
+  assert train[0]["step"] == 0 and all(r["tokens_per_sec"] > 0 for r in train[1:])
   assert (tmp_path / "plots" / "loss.png").exists()
   sample = last_json(run_main(*args, "--mode=sample", "--config.sample.prompt=KING",
                               "--config.sample.max_new_tokens=20").stdout)

@@ -42,8 +42,8 @@ def test_metrics_jsonl_contract(trained):
   records = read_metrics(workdir)
   assert all("step" in r and "split" in r for r in records)
   train = [r for r in records if r["split"] == "train" and "loss" in r]
-  assert [r["step"] for r in train] == [20, 40, 60]
-  assert all(r["steps_per_sec"] > 0 and r["examples_per_sec"] > 0 for r in train)
+  assert [r["step"] for r in train] == [0, 20, 40, 60]   # step 0: the loss at init
+  assert all(r["steps_per_sec"] > 0 and r["examples_per_sec"] > 0 for r in train[1:])
   assert train[-1]["loss"] < train[0]["loss"]
   evals = [r for r in records if r["split"] == "test"]
   assert [r["step"] for r in evals] == [30, 60]

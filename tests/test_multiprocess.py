@@ -105,7 +105,9 @@ def test_process_0_alone_writes_the_workdir(two_processes):
   assert sorted(d["process_index"] for d in devices["topology"]) == [0] * 4 + [1] * 4
   assert json.load(open(os.path.join(workdir, "config.json")))["train"]["num_steps"] == 100
   keys = [(r["step"], r["split"]) for r in read_metrics(workdir) if r.get("mode") != "eval"]
-  assert len(keys) == len(set(keys)) == 7, keys  # compile + 4 train + 2 eval, once each
+  # compile and initial loss (both step 0), 4 train and 2 eval lines, each written once
+  assert sorted(keys) == [(0, "train")] * 2 + [(25, "train"), (50, "test"), (50, "train"),
+                                               (75, "train"), (100, "test"), (100, "train")]
   assert len(glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*"))) == 1
   assert os.path.isfile(os.path.join(workdir, "plots", "loss.png"))
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["100", "50"]
