@@ -5,6 +5,7 @@ runs end to end in its runlocal form)."""
 import glob
 import importlib
 import json
+import re
 import os
 
 import pytest
@@ -185,6 +186,12 @@ def test_a_run_that_cannot_learn_and_one_that_blows_up_are_diagnosed(tmp_path, t
   saved = json.load(open(tmp_path / "zero" / "diagnosis.json"))
   assert [f["kind"] for f in saved["findings"]] == ["plateau"]
   assert os.path.exists(tmp_path / "zero" / "plots" / "loss.png")
+  from train_lib.tools import plots
+  ax = plots.loss_figure(str(tmp_path / "zero")).axes[0]
+  assert ax.get_yscale() == "log" and ax.get_xlim()[0] == 0
+  lines = {l.get_label(): l for l in ax.lines}
+  assert list(lines["initial loss"].get_xdata()) == [0]   # the loss at init, measured
+  assert lines["train loss"].get_xdata()[0] == 0
   records = [r for r in read_metrics(str(tmp_path / "zero")) if "grad_rms" in r]
   assert records and all(r["update_rms"] == 0.0 and r["grad_rms/Dense_0"] > 0 for r in records)
 
@@ -278,7 +285,11 @@ def test_ablation_stops_a_worse_variant_and_rerun_skips_finished_runs(tmp_path, 
 
   again = modes.run("ablate", abl, str(tmp_path))
   assert again == summary
-  assert "compiled train step" not in capfd.readouterr().err   # every run was finished
+  rerun = capfd.readouterr().err
+  assert "compiled train step" not in rerun   # every run was finished, and says so
+  assert re.search(r"ablate: \[1/6\] baseline seed 0 \(.*\): done already \(step 20\), skipped",
+                   rerun), rerun
+  assert "no_learning seed 0" in rerun and "done already (stopped early at step 10)" in rerun
 
 
 def test_shipped_ablation_runs_end_to_end_in_its_runlocal_form(tmp_path, tfds_dir):

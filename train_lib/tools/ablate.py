@@ -11,7 +11,8 @@ warmup scaled alike), `metric` on the eval split, and `early_stop`: at the first
 at or after `early_stop.at` of the run, a variant whose metric is worse than the baseline's
 band there (mean + max(sigmas x std, tolerance x |mean|) over its seeds) stops, and its other
 seeds are skipped. Every run is an ordinary workdir, workdir/<variant>/seed_<seed>/; a rerun
-skips finished runs and resumes an interrupted one.
+skips finished runs and resumes an interrupted one, and its progress line says which:
+"[1/6] baseline seed 0: done already (step 20), skipped", "...: resumes from step 10".
 """
 
 import importlib.util
@@ -21,7 +22,7 @@ import os
 
 import numpy as np
 
-from train_lib import config_io, config_reads, setup, writers
+from train_lib import checkpointing, config_io, config_reads, setup, writers
 from train_lib.tools import plots, train
 from train_lib.errors import Diverged, UserError
 
@@ -160,8 +161,25 @@ def _metric_at(workdir: str, plan: Plan, step: int):
   return writers.read_curves(workdir, plan.metric).get(plan.split, {}).get(step)
 
 
-def _train_one(plan: Plan, name: str, seed: int, workdir: str, limit) -> dict:
-  """Trains one (variant, seed) unless workdir/run.json says it is done."""
+def _saved_step(workdir: str):
+  """The newest checkpoint step of a run that its save sealed (the one a resume restores,
+  unless it fails verification), or None."""
+  folder = os.path.join(workdir, "checkpoints")
+  names = os.listdir(folder) if os.path.isdir(folder) else []
+  return max((int(n) for n in names if n.isdigit() and os.path.exists(
+      os.path.join(folder, n, checkpointing.MANIFEST))), default=None)
+
+
+def _done(record: dict) -> str:
+  if record["status"] == "diverged":
+    return "done already (diverged), skipped"
+  stopped = "stopped early at " if record["status"] == "stopped" else ""
+  return f"done already ({stopped}step {record['step']}), skipped"
+
+
+def _train_one(plan: Plan, name: str, seed: int, workdir: str, limit, label: str) -> dict:
+  """Trains one (variant, seed) unless workdir/run.json says it is done; prints `label`
+  and what happens to the run: skipped, resumed from a checkpoint, or trained."""
   config = plan.configs[name].copy_and_resolve_references()
   config.seed = seed
   config.lock()
@@ -173,7 +191,11 @@ def _train_one(plan: Plan, name: str, seed: int, workdir: str, limit) -> dict:
                       "--workdir (or delete that folder)")
   finished = writers.read_json(done)
   if finished is not None:
+    writers.console(f"{label}: {_done(finished)}")
     return finished
+  saved = _saved_step(workdir)
+  writers.console(f"{label}: " + (f"trains {plan.steps} steps" if saved is None else
+                                  f"resumes from step {saved} of {plan.steps}"))
   watchers = [_StopWhenWorse(plan, limit)] if limit is not None else []
   record = {"variant": name, "seed": seed, "workdir": workdir}
   try:
@@ -214,9 +236,9 @@ def run(abl, workdir: str) -> dict:
                         f"{runs[name][-1]['status']} with seed {runs[name][-1]['seed']}")
         continue
       k = sum(map(len, runs.values())) + 1
-      writers.console(f"ablate: [{k}/{total}] {name} seed {seed}: {_change(plan, name)}")
+      label = f"ablate: [{k}/{total}] {name} seed {seed} ({_change(plan, name)})"
       runs[name].append(_train_one(plan, name, seed,
-                                   os.path.join(workdir, name, f"seed_{seed}"), limit))
+                                   os.path.join(workdir, name, f"seed_{seed}"), limit, label))
     if name == BASELINE and plan.check_step is not None:
       values = [r["at_check"] for r in runs[name]]
       limit = plan.band_limit(values)

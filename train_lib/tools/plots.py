@@ -1,6 +1,7 @@
 """Plots drawn from metrics.jsonl into workdir/plots/.
 
     plots.loss_curves(workdir)   # -> workdir/plots/loss.png (train and eval loss by step)
+    fig = plots.loss_figure(workdir)   # the same figure, unsaved: ax.lines hold the data
     plots.ablation_curves(workdir, {"train loss": {"baseline": {10: 2.3, ...}, ...}, ...})
     plots.image_grid(path, images_BxHxWxC, labels_B)   # --mode=sanity's data examples
     plots.lr_range(path, lrs, losses, smoothed, suggested)   # --mode=lr_range
@@ -35,22 +36,42 @@ def _save(plt, fig, path: str) -> str:
   return path
 
 
-def loss_curves(workdir: str, title: str = "") -> str:
+def loss_figure(workdir: str, title: str = ""):
+  """The figure that loss_curves saves (None without matplotlib or loss lines): one line
+  "{split} loss" per split of metrics.jsonl, the x axis from step 0, where the train
+  line's step-0 point (the loss at initialisation) is marked "initial loss"; a log y axis
+  where every loss is positive, else a linear one."""
   plt = _pyplot()
   series = writers.read_curves(workdir, "loss")
+  series = {split: points for split, points in series.items() if points}
   if plt is None or not series:
-    return ""
+    return None
   fig, ax = plt.subplots(figsize=(7, 4.5))
   for split, points in sorted(series.items()):
     steps = sorted(points)
-    ax.plot(steps, [points[s] for s in steps], marker="o" if split != "train" else None,
-            markersize=3, label=f"{split} loss")
+    line, = ax.plot(steps, [points[s] for s in steps], marker="o" if split != "train" else None,
+                    markersize=3, label=f"{split} loss")
+    if split == "train" and 0 in points:
+      ax.plot([0], [points[0]], marker="o", linestyle="none", color=line.get_color(),
+              label="initial loss")
+  values = np.array([v for points in series.values() for v in points.values()], np.float64)
+  values = values[np.isfinite(values)]
+  if len(values) and values.min() > 0:   # losses fall by orders of magnitude
+    ax.set_yscale("log")
+  ax.set_xlim(left=0)
   ax.set_xlabel("step")
   ax.set_ylabel("loss")
   ax.set_title(title or os.path.basename(os.path.normpath(workdir)))
-  ax.grid(alpha=0.3)
+  ax.grid(alpha=0.3, which="both")
   ax.legend()
-  return _save(plt, fig, os.path.join(workdir, "plots", "loss.png"))
+  return fig
+
+
+def loss_curves(workdir: str, title: str = "") -> str:
+  fig = loss_figure(workdir, title)
+  if fig is None:
+    return ""
+  return _save(_pyplot(), fig, os.path.join(workdir, "plots", "loss.png"))
 
 
 def ablation_curves(workdir: str, panels: dict, title: str = "") -> str:
