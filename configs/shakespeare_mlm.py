@@ -43,6 +43,9 @@ def get_config(arg=None):
   config.dtype = "bfloat16"
 
   config.train.num_steps = 5000
+  # Only the ~15% masked tokens carry a target, and a character's context says little
+  # beyond its frequency early on: the real-vs-shuffled gap opens slowly (6% by step ~200).
+  config.sanity.label_signal_steps = 400
   config.train.log_every = 100
   config.train.eval_every = 500
   config.train.checkpoint_every = 1000

@@ -39,3 +39,14 @@ class Overconfident(nn.Module):
   @nn.compact
   def __call__(self, x_BxHxWxC, train: bool = False):
     return 30.0 * MLP(self.num_classes, self.hidden, name="mlp")(x_BxHxWxC)
+
+
+class RolledRows(nn.Module):
+  """An MLP that reads its neighbour's input: every example is paired with the wrong target
+  (one batch can still be memorised; label_signal must fail)."""
+  num_classes: int
+  hidden: Sequence[int] = (64,)
+
+  @nn.compact
+  def __call__(self, x_BxHxWxC, train: bool = False):
+    return MLP(self.num_classes, self.hidden, name="mlp")(jnp.roll(x_BxHxWxC, 1, axis=0))

@@ -18,7 +18,7 @@ from train_lib.errors import ChecksFailed
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(os.path.basename(p)[:-3] for p in glob.glob(os.path.join(REPO, "configs", "*.py"))
                  if not p.endswith(("__init__.py", "base.py")))
-CHECKS = ["data", "model", "initial_loss", "gradient_flow", "overfit_one_batch"]
+CHECKS = ["data", "model", "initial_loss", "gradient_flow", "overfit_one_batch", "label_signal"]
 # Devices per config: sanity must work on any mesh, so a few run data parallel.
 DEVICES = {"default": 8, "shakespeare_char": 2, "gpt2_124m": 2}
 
@@ -73,6 +73,9 @@ def test_shipped_config_passes(name, tmp_path, tfds_dir, capsys):
   assert example.stat().st_size > 0
   overfit = checks["overfit_one_batch"]
   assert overfit["losses"][-1] < overfit["target"] < overfit["input_free_loss"]
+  signal = checks["label_signal"]
+  if not signal.get("skipped"):
+    assert signal["held_out_real"] < signal["target"] < signal["held_out_shuffled"]
 
 
 def broken_config(tfds_dir, model_name):
@@ -81,16 +84,19 @@ def broken_config(tfds_dir, model_name):
   return config
 
 
-@pytest.mark.parametrize("model_name, failing, words", [
-    ("UnusedParam", "gradient_flow", "unused"),         # a parameter the loss never sees
-    ("IgnoresInput", "overfit_one_batch", "ignores its input"),
-    ("Overconfident", "initial_loss", "too high"),
+@pytest.mark.parametrize("model_name, failing, words, also", [
+    ("UnusedParam", "gradient_flow", "unused", ()),    # a parameter the loss never sees
+    ("IgnoresInput", "overfit_one_batch", "ignores its input", ("label_signal",)),
+    ("Overconfident", "initial_loss", "too high", ()),
+    ("RolledRows", "label_signal", "no more from the real targets", ()),  # memorises anyway
 ])
-def test_broken_model_fails_its_check(model_name, failing, words, tmp_path, tfds_dir, capsys):
+def test_broken_model_fails_its_check(model_name, failing, words, also, tmp_path, tfds_dir,
+                                      capsys):
   config = broken_config(tfds_dir, f"tests.broken_models:{model_name}")
   passed, checks, out = run_sanity(config, tmp_path, capsys)
   assert not passed
-  assert [v for v, name in verdicts(out) if name != failing] == ["PASS"] * 4, out
+  assert [name for v, name in verdicts(out) if v == "FAIL"] == \
+      [c for c in CHECKS if c == failing or c in also], out
   line = next(l for l in out.splitlines() if l.startswith(f"FAIL {failing}:"))
   assert words in line and " -- " in line, line     # what is wrong, then what to try
   assert not checks[failing]["passed"] and checks[failing]["fix"]
@@ -108,7 +114,7 @@ def test_repeating_data_pipeline_fails_the_data_check(tmp_path, tfds_dir, capsys
   monkeypatch.setattr(Data, "next_train", same_batch_every_time)
   passed, checks, out = run_sanity(small_config("digits_mlp", tfds_dir), tmp_path, capsys)
   assert not passed
-  assert verdicts(out)[0] == ("FAIL", "data") and len(verdicts(out)) == 5
+  assert verdicts(out)[0] == ("FAIL", "data") and len(verdicts(out)) == len(CHECKS)
   assert all(checks[name]["passed"] for name in CHECKS[1:]), out
   assert "batches 0 and 1 are identical" in checks["data"]["detail"]
   assert "repeats one batch" in checks["data"]["fix"]
@@ -121,9 +127,9 @@ def test_main_sanity_exits_1_and_names_the_failing_check(tmp_path, tfds_dir):
   assert proc.returncode == 1, proc.stderr[-2000:]
   assert verdicts(proc.stdout) == [("PASS", "data"), ("PASS", "model"),
                                    ("PASS", "initial_loss"), ("PASS", "gradient_flow"),
-                                   ("FAIL", "overfit_one_batch")]
+                                   ("FAIL", "overfit_one_batch"), ("FAIL", "label_signal")]
   assert proc.stderr.strip().splitlines()[-1].startswith(
-      "error: 1 of 5 sanity checks failed (overfit_one_batch)")
+      "error: 2 of 6 sanity checks failed (overfit_one_batch, label_signal)")
   assert json.load(open(tmp_path / "sanity.json"))["passed"] is False
   assert (tmp_path / "plots" / "data_examples.png").exists()
 

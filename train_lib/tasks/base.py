@@ -86,6 +86,15 @@ class Task:
     """(name, integer targets, number of values) for the data check's histogram, or None."""
     return None
 
+  def shuffle_targets(self, batch, rng):
+    """The batch with its targets permuted across its examples by a permutation drawn from
+    the key `rng` (traced under jit): each input is paired with another example's target,
+    the targets' distribution stays (sanity's label_signal check trains on both).
+    rng=None: the batch in the same structure with the targets in place, so that one
+    compiled step trains on both. None: the task has no targets to shuffle (a generative or
+    self-supervised objective); sanity then skips the check and says so."""
+    return None
+
   def check_output(self, output, batch) -> str:
     """What is wrong with the model's output for this task, or ""."""
     return ""
@@ -143,6 +152,27 @@ def entropy_of(labels, num_values: int, smoothing: float = 0.0) -> float:
   q = (1 - smoothing) * p + smoothing / num_values
   q = q[q > 0]
   return float(-(q * np.log(q)).sum())
+
+
+def permute_rows(rng, batch: dict, keys) -> dict:
+  """batch with the arrays named in `keys` (those present) permuted along axis 0 by one
+  permutation drawn from `rng`; rng=None: batch unchanged."""
+  if rng is None:
+    return batch
+  perm_B = jax.random.permutation(rng, jax.tree.leaves(batch)[0].shape[0])
+  return {k: v[perm_B] if k in keys else v for k, v in batch.items()}
+
+
+def permute_where(rng, values, mask):
+  """values with the entries where mask > 0 permuted among themselves (over every axis),
+  the others in place; rng=None: values unchanged."""
+  if rng is None:
+    return values
+  flat, picked = values.reshape(-1), mask.reshape(-1) > 0
+  in_order = jnp.argsort(jnp.where(picked, 0, 1), stable=True)   # picked first, in order
+  shuffled = jnp.argsort(jnp.where(picked, jax.random.uniform(rng, picked.shape), 2.0),
+                         stable=True)                             # picked first, shuffled
+  return flat.at[in_order].set(flat[shuffled]).reshape(values.shape)
 
 
 def uniform_loss(num_values) -> float:

@@ -11,7 +11,8 @@ import optax
 
 from train_lib.errors import UserError
 from train_lib.tasks import register
-from train_lib.tasks.base import MEAN, Task, entropy_of, mean, image_examples, uniform_loss
+from train_lib.tasks.base import MEAN, Task, entropy_of, mean, image_examples, permute_rows
+from train_lib.tasks.base import uniform_loss
 
 
 @register("classification")
@@ -61,6 +62,9 @@ class Classification(Task):
 
   def targets(self, host_batch):
     return "label", host_batch["label"], self.num_classes
+
+  def shuffle_targets(self, batch, rng):
+    return permute_rows(rng, batch, ("label", "mask"))
 
   def check_output(self, output, batch) -> str:
     want = (batch["label"].shape[0], self.num_classes)

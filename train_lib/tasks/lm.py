@@ -2,6 +2,9 @@
 
     config.task.name = "lm"
 
+A batch may carry its targets apart, "targets": i32[B, T] in place of tokens[:, 1:]
+(sanity's label_signal check permutes them across the batch: shuffle_targets).
+
 A model that offers a fused head+loss (`fused_nll(tokens, targets) -> (nll, correct)`,
 as the Transformer does) is called through it, so the [B,T,V] logits never exist
 whole; any other model's logits are scored here. Metrics: loss (nats per token),
@@ -21,7 +24,7 @@ import optax
 from train_lib.errors import UserError
 from train_lib.tasks import register
 from train_lib.tasks.base import MEAN, Task, entropy_of, mean, text_examples
-from train_lib.tasks.base import uniform_loss
+from train_lib.tasks.base import permute_rows, uniform_loss
 
 
 def token_nll(apply, model, inputs_BxT, targets_BxT, with_aux: bool = False):
@@ -71,7 +74,7 @@ class LanguageModeling(Task):
     return batch_size * self.seq_len
 
   def loss(self, apply, batch, rng, *, train, group=None):
-    targets_BxT = batch["tokens"][:, 1:]
+    targets_BxT = batch.get("targets", batch["tokens"][:, 1:])
     out = token_nll(apply, self.model, batch["tokens"][:, :-1], targets_BxT,
                     with_aux=bool(self.aux_names))
     (nll_BxT, correct_BxT), aux = out if self.aux_names else (out, {})
@@ -97,6 +100,10 @@ class LanguageModeling(Task):
 
   def targets(self, host_batch):
     return "token", host_batch["tokens"][:, 1:], vocabulary(self.model, self.data)
+
+  def shuffle_targets(self, batch, rng):
+    """Each window's next-token targets are another window's (with its mask)."""
+    return permute_rows(rng, {**batch, "targets": batch["tokens"][:, 1:]}, ("targets", "mask"))
 
   def check_output(self, output, batch) -> str:
     B, T = batch["tokens"][:, 1:].shape

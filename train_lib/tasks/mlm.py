@@ -7,7 +7,8 @@ Each step draws, from the task's key, `mask_rate` of the positions; of those, 80
 replaced by the mask token, 10% by a random token of the data's vocabulary and 10% are
 kept (Devlin et al., 2019). The loss and accuracy are over the drawn positions only.
 Held-out batches draw from a fixed key per batch, so every evaluation hides the same
-positions.
+positions. A batch may carry its targets apart, "targets": i32[B, T] in place of the
+tokens themselves (sanity's label_signal check permutes them across the batch).
 """
 
 import jax
@@ -15,7 +16,8 @@ import jax.numpy as jnp
 
 from train_lib.errors import UserError
 from train_lib.tasks import register
-from train_lib.tasks.base import MEAN, Task, entropy_of, mean, text_examples, uniform_loss
+from train_lib.tasks.base import MEAN, Task, entropy_of, mean, permute_rows, text_examples
+from train_lib.tasks.base import uniform_loss
 from train_lib.tasks.lm import token_nll
 
 
@@ -72,7 +74,8 @@ class MaskedLanguageModeling(Task):
     tokens_BxT = batch["tokens"][:, :-1]
     inputs_BxT, selected_BxT = mask_tokens(rng, tokens_BxT, self.rate, self.mask_id,
                                            self.data.vocab_size)
-    nll_BxT, correct_BxT = token_nll(apply, self.model, inputs_BxT, tokens_BxT)
+    targets_BxT = batch.get("targets", tokens_BxT)
+    nll_BxT, correct_BxT = token_nll(apply, self.model, inputs_BxT, targets_BxT)
     weight_BxT = selected_BxT.astype(jnp.float32)
     if "mask" in batch:   # held-out padding
       weight_BxT = weight_BxT * batch["mask"]
@@ -89,6 +92,10 @@ class MaskedLanguageModeling(Task):
 
   def targets(self, host_batch):
     return "token", host_batch["tokens"][:, :-1], self.vocab_size
+
+  def shuffle_targets(self, batch, rng):
+    """Each window's hidden tokens are scored against another window's tokens there."""
+    return permute_rows(rng, {**batch, "targets": batch["tokens"][:, :-1]}, ("targets", "mask"))
 
   def examples(self, host_batch):
     return text_examples(host_batch["tokens"], getattr(self.data, "decode", None))

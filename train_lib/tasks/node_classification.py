@@ -14,7 +14,7 @@ import optax
 
 from train_lib.errors import UserError
 from train_lib.tasks import register
-from train_lib.tasks.base import MEAN, Task, entropy_of, mean, uniform_loss
+from train_lib.tasks.base import MEAN, Task, entropy_of, mean, permute_where, uniform_loss
 
 GRAPH = ("nodes", "senders", "receivers", "edge_mask")   # the model's inputs, in order
 
@@ -55,6 +55,10 @@ class NodeClassification(Task):
 
   def targets(self, host_batch):
     return "label", self._scored(host_batch), self.num_classes
+
+  def shuffle_targets(self, batch, rng):
+    """The labels permuted among the scored (mask 1) nodes of the whole batch."""
+    return {**batch, "label": permute_where(rng, batch["label"], batch["mask"])}
 
   def check_output(self, output, batch) -> str:
     want = (*batch["label"].shape, self.num_classes)

@@ -1,4 +1,4 @@
-"""--mode=sanity: five checks that a run can learn, before it spends real compute.
+"""--mode=sanity: six checks that a run can learn, before it spends real compute.
 
     python main.py --config=configs/default.py:runlocal --workdir=/tmp/s --mode=sanity
     result = sanity.run(config, workdir)  # raises ChecksFailed (exit code 1) if one fails
@@ -10,7 +10,9 @@ plots/data_examples.png or plots/text_examples.txt), model (per-layer outputs an
 parameters, FLOPs per item from the compiled step's cost analysis), initial_loss (against
 ln of the number of outputs), gradient_flow (leaves whose gradient is missing, zero or
 non-finite; norms per module), overfit_one_batch (config.sanity.overfit_steps at the
-config's peak learning rate, held constant, on one batch). Works on any mesh: batches
+config's peak learning rate, held constant, on one batch), label_signal (the same
+learning rate on fresh batches, once with the real targets and once with targets shuffled
+across each batch: held-out loss must fall clearly further with the real ones). Works on any mesh: batches
 and state keep their shardings, and only scalars and small statistics come to the host.
 """
 
@@ -64,6 +66,12 @@ def run(config, workdir: str, devices=None) -> dict:
     raise UserError(f"sanity.overfit_steps={sc.overfit_steps} must be >= 2")
   if not 0 < sc.overfit_fraction < 1:
     raise UserError(f"sanity.overfit_fraction={sc.overfit_fraction} must be in (0, 1)")
+  for name in ("label_signal_steps", "label_signal_eval_every", "label_signal_eval_batches"):
+    if sc[name] < 1:
+      raise UserError(f"sanity.{name}={sc[name]} must be >= 1")
+  if not 0 < sc.label_signal_fraction < 1:
+    raise UserError(f"sanity.label_signal_fraction={sc.label_signal_fraction} must be in "
+                    "(0, 1)")
   workdir = setup.prepare_workdir(workdir)
   s = setup.build(config, devices)
   capsule.write(workdir, config)
@@ -118,16 +126,37 @@ class Context:
     return jax.tree.map(lambda x: x.copy(), self.state0)
 
   @functools.cached_property
-  def train_step(self):
-    s, task = self.s, self.s.task
-    if task.overfit_groups is not None:  # e.g. a GAN's discriminator alone
-      task = copy.copy(task)
-      task.groups = tuple(task.overfit_groups)
+  def with_targets(self):
+    """batch -> the batch in the form the train step takes: task.shuffle_targets(batch,
+    None), where that form differs from the data's (lm carries its targets apart)."""
+    task, batch = self.s.task, self.batches[0]
+    like = lambda b: jax.tree.map(lambda x: (x.shape, x.dtype), b)
+    form = jax.eval_shape(task.shuffle_targets, batch, None)
+    if form is None or like(form) == like(batch):
+      return lambda b: b
+    return jax.jit(lambda b: task.shuffle_targets(b, None), out_shardings=self.batch_sharding)
+
+  def compile_train_step(self, task):
+    """task's train step at the constant learning rate, compiled for batches in the form
+    with_targets gives (shuffled ones have it too)."""
+    s = self.s
     fn = step.compile_train_step(s.model, task, self.tx, optax.constant_schedule(
         self.learning_rate), self.config.optim.grad_accum_steps, self.state_sharding,
         self.batch_sharding, s.rules)
     writers.console("sanity: compiling the train step")
-    return fn.lower(self.state0, self.batches[0]).compile()
+    return fn.lower(self.state0, self.with_targets(self.batches[0])).compile()
+
+  @functools.cached_property
+  def _train_step(self):
+    task = self.s.task
+    if task.overfit_groups is not None:  # e.g. a GAN's discriminator alone
+      task = copy.copy(task)
+      task.groups = tuple(task.overfit_groups)
+    return self.compile_train_step(task)
+
+  def train_step(self, state, batch):
+    """(state, metrics) of one step on a batch as the data gives it (state donated)."""
+    return self._train_step(state, self.with_targets(batch))
 
   @functools.cached_property
   def _probe_fn(self):
@@ -507,8 +536,95 @@ def check_overfit(ctx) -> Check:
                f"ignores its input reaches {baseline:.4f})", report=report, data=data)
 
 
+# ----------------------------------------------------------------------- label signal
+
+def check_label_signal(ctx) -> Check:
+  """Two runs from the initial state on the same fresh train batches at the constant peak
+  learning rate, in step: one on the real targets, one on targets permuted across each
+  batch (task.shuffle_targets: the input-target pairing broken, the targets' distribution
+  kept). Every label_signal_eval_every steps both are scored on held-out batches of the
+  eval split; the check passes once the real run's loss is clearly below the shuffled
+  one's, and fails if it is not by label_signal_steps. A model that learns nothing from
+  which target goes with which input still memorises one batch (overfit_one_batch)."""
+  s, task, sc = ctx.s, ctx.s.task, ctx.config.sanity
+  key = jax.random.PRNGKey(ctx.config.seed)
+  if jax.eval_shape(task.shuffle_targets, ctx.batches[0], key) is None:
+    return Check("label_signal", True, f"skipped: task {type(task).__name__} has no "
+                 "targets to shuffle (its shuffle_targets returns None)",
+                 data={"skipped": True})
+  steps, every, num_eval, fraction = (sc.label_signal_steps, sc.label_signal_eval_every,
+                                      sc.label_signal_eval_batches, sc.label_signal_fraction)
+  held_out = list(s.data.eval_batches(limit=num_eval * ctx.config.data.eval_batch_size))
+  eval_step = step.compile_eval_step(s.model, task, ctx.state_sharding, ctx.batch_sharding,
+                                     s.rules)
+  train_step = ctx._train_step if task.overfit_groups is None else \
+      ctx.compile_train_step(task)
+  shuffle = jax.jit(task.shuffle_targets, out_shardings=ctx.batch_sharding)
+
+  def held_out_loss(state):
+    total = None
+    for j, batch in enumerate(held_out):
+      stats, _ = jax.device_get(eval_step(state, batch, np.int32(j)))
+      total = stats if total is None else metrics_lib.combine(task.metrics, total, stats)
+    return float(metrics_lib.finalize(task.metrics, total)["loss"])
+
+  floor = task.loss_floor
+  target = lambda shuffled: shuffled - fraction * (shuffled - floor)
+  initial = held_out_loss(ctx.state0)
+  real, shuffled = ctx.fresh_state(), ctx.fresh_state()
+  curve, train_losses = [], []
+  for i in range(steps):
+    batch = s.data.next_train()   # fresh: after the data check's batches
+    real, real_metrics = train_step(real, ctx.with_targets(batch))
+    shuffled, shuffled_metrics = train_step(shuffled, shuffle(batch, jax.random.fold_in(key, i)))
+    train_losses.append((real_metrics["loss"], shuffled_metrics["loss"]))
+    if (i + 1) % every and i + 1 < steps:
+      continue
+    curve.append((i + 1, held_out_loss(real), held_out_loss(shuffled)))
+    if not math.isfinite(curve[-1][1]) or curve[-1][1] < target(curve[-1][2]):
+      break
+  done, real_loss, shuffled_loss = curve[-1]
+  baseline = task.input_free_loss(jax.tree.map(lambda *x: np.concatenate(x),
+                                               *ctx.host_batches))
+  chance = task.initial_loss()
+  last_train = [float(x) for x in jax.device_get(train_losses[-1])]
+  data = {"steps": done, "learning_rate": ctx.learning_rate, "held_out_batches": len(held_out),
+          "held_out_initial": initial, "held_out_real": real_loss,
+          "held_out_shuffled": shuffled_loss, "target": target(shuffled_loss),
+          "input_free_loss": baseline, "chance_loss": chance, "loss_floor": floor,
+          "curve": [{"step": t, "real": r, "shuffled": u} for t, r, u in curve]}
+  report = (f"label signal: real vs shuffled targets on the same fresh batches at constant "
+            f"learning rate {ctx.learning_rate:g}; held-out loss on {len(held_out)} eval "
+            f"batches (at init {initial:.4f}" +
+            (f", input-free {baseline:.4f}" if baseline is not None else "") +
+            (f", chance {chance:.4f}" if chance is not None else "") + "):\n" +
+            _table_nl(["step", "real", "shuffled", "needed"],
+                      [[str(t), f"{r:.4f}", f"{u:.4f}", f"< {target(u):.4f}"]
+                       for t, r, u in curve]) +
+            f"last train loss: real {last_train[0]:.4f}, shuffled {last_train[1]:.4f}\n")
+  compared = f"held-out loss {real_loss:.4f} (real targets) vs {shuffled_loss:.4f} " \
+      f"(shuffled) after {done} steps"
+  if not math.isfinite(real_loss):
+    return Check("label_signal", False, f"the held-out loss became non-finite within {done} "
+                 "steps on fresh batches", "the learning rate is too high for this model "
+                 "beyond one batch, or a numerical bug; lower optim.learning_rate (see "
+                 "--mode=lr_range) or set optim.clip_norm", report, data)
+  if not real_loss < target(shuffled_loss):
+    return Check("label_signal", False, f"the model learns no more from the real targets "
+                 f"than from shuffled ones: {compared}, not below {target(shuffled_loss):.4f}",
+                 "likely: targets that do not match their inputs (a misaligned join of "
+                 "inputs and labels, a shuffle or sort of one side, a model that mixes up "
+                 "its batch rows), or a model that does not generalise beyond its batch; "
+                 "check how inputs and targets are paired in the data source and the model, "
+                 "or raise sanity.label_signal_steps for a slow learner", report, data)
+  return Check("label_signal", True, f"{compared} (below {target(shuffled_loss):.4f}; at init "
+               f"{initial:.4f}" + (f", input-free {baseline:.4f}" if baseline is not None
+                                   else "") + ")", report=report, data=data)
+
+
 CHECKS = (("data", check_data), ("model", check_model), ("initial_loss", check_initial_loss),
-          ("gradient_flow", check_gradient_flow), ("overfit_one_batch", check_overfit))
+          ("gradient_flow", check_gradient_flow), ("overfit_one_batch", check_overfit),
+          ("label_signal", check_label_signal))
 
 
 # ---------------------------------------------------------------------- utilities
