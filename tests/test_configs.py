@@ -80,3 +80,31 @@ def test_transformer_config_lists_every_switch_at_the_model_default():
   declared = dict(base.transformer_model().items())
   declared.pop("name")
   assert declared == fields
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("arg", [None, "runlocal"])
+def test_every_key_of_a_shipped_config_is_declared(name, arg):
+  from train_lib import config_io
+  config_io.check_keys(importlib.import_module(f"configs.{name}").get_config(arg))
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_no_shipped_command_prints_a_false_warning(name, tmp_path, tfds_dir, capsys):
+  """train and lr_range on the shipped runlocal config,
+  shortened by fields those modes read anyway: no "set but nothing reads it" line."""
+  from train_lib import modes
+  from train_lib.errors import UserError
+  config = importlib.import_module(f"configs.{name}").get_config("runlocal")
+  # tfds_dir comes from $TFDS_DATA_DIR (the fixture): a graph config rightly warns if it is set
+  config.train.num_steps, config.train.log_every, config.optim.warmup_steps = 2, 1, 0
+  config.train.eval_every = config.train.checkpoint_every = 2
+  config.lr_range.num_steps = 10
+  for key, unit in (("batch_size", 8 * config.optim.grad_accum_steps),   # 8 (fake) devices
+                    ("eval_batch_size", 8)):
+    config.data[key] = -(-config.data[key] // unit) * unit
+  modes_run = ["train", "lr_range"]   # eval and sample read a subset of what train reads
+  for mode in modes_run:
+    modes.run(mode, config, str(tmp_path / "w"))
+    warnings = [l for l in capsys.readouterr().err.splitlines() if "is set but nothing" in l]
+    assert warnings == [], (mode, warnings)

@@ -29,7 +29,8 @@ UNREAD_BY_DESIGN = {
                "optim.end_learning_rate_factor"),   # overfits at a constant learning rate
     "lr_range": ("sample.", "eval.", "evals.", "train.", "sanity.", "optim.schedule",
                  "optim.warmup_steps", "optim.end_learning_rate_factor",
-                 "optim.learning_rate"),             # sweeps its own learning rates
+                 "optim.learning_rate",              # sweeps its own learning rates
+                 "data.eval_split", "data.eval_batch_size", "data.eval_limit"),  # no eval
 }
 
 
