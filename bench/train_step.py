@@ -29,7 +29,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from bench import table  # noqa: E402
-from train_lib import config_io, partitioning, setup, state as state_lib, step  # noqa: E402
+from train_lib import config_io, flops, partitioning, setup, state as state_lib, step  # noqa: E402
 from train_lib.tools import ablate  # noqa: E402
 
 
@@ -103,7 +103,7 @@ def bench_one(config, steps, warmup, profile_dir="", devices=None, window=5):
   tokens = s.task.items_per_batch(config.data.batch_size)
   return {"step_ms": step_s * 1e3, "synced_ms": statistics.median(synced) * 1e3,
           "tokens_per_sec": tokens / step_s,
-          "flops_per_token": setup.flops_per_item(s, state.params), "compile_s": compile_s,
+          "flops_per_token": flops.train_flops_per_item(s), "compile_s": compile_s,
           "memory_gb": mem_gb, "loss": float(metrics["loss"]),
           "params": state_lib.num_params(state.params)}
 

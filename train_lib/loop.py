@@ -20,6 +20,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from train_lib import checkpointing, config_reads, distributed, evaluators, guards
+from train_lib import flops as flops_lib
 from train_lib import metrics as metrics_lib, partitioning
 from train_lib import setup as setup_lib, state as state_lib, step, weights, writers
 from train_lib.errors import Diverged, Preempted, UserError
@@ -222,7 +223,9 @@ def _train_steps(config, s, state, ckpt, writer, evals, batch_sharding, start, s
   writer.write(start, "train", {"compile_seconds": compile_s})
 
   pending, screened, result, last_saved = [], [], None, ckpt.latest_step()
-  flops, peak = setup_lib.flops_per_item(s, state.params), setup_lib.peak_flops(config)
+  peak = setup_lib.peak_flops(config)
+  flops = flops_lib.train_flops_per_item(   # counted from the jaxpr, for the mfu
+      s, rows=config.data.batch_size // config.optim.grad_accum_steps) if peak else 0.0
   profiler = Profiler(tc.profile_steps, ckpt.workdir)
   clock = Phases()
   for i in range(start, tc.num_steps):

@@ -129,8 +129,9 @@ def _check_model_fits_data(model, data):
     raise UserError(f"model.max_len={max_len} is shorter than data.seq_len={data.seq_len}")
 
 
-def flops_per_item(s: "Setup", params) -> float:
-  """Training FLOPs per token or example, where the model knows them (else 0)."""
+def formula_flops_per_item(s: "Setup", params) -> float:
+  """Training FLOPs per token from the model's own formula (flops_per_token, e.g. 6N +
+  12LDT), where it has one (else 0): a cross-check of train_lib.flops' counted number."""
   fn = getattr(s.model, "flops_per_token", None)
   if fn is None or not s.data.seq_len:
     return 0.0

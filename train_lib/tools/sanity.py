@@ -32,6 +32,7 @@ import numpy as np
 import optax
 
 from train_lib import checkpointing, optim, partitioning, setup
+from train_lib import flops as flops_lib
 from train_lib.tools import capsule, plots
 from train_lib import state as state_lib, step
 from train_lib import metrics as metrics_lib, writers
@@ -379,14 +380,20 @@ def check_model(ctx) -> Check:
                  "output is reshaped; make the model return what the task scores", report,
                  data)
 
-  flops = _flops_per_item(ctx)
+  notes = []
+  flops = flops_lib.train_flops_per_item(
+      s, rows=ctx.config.data.batch_size // ctx.config.optim.grad_accum_steps, notes=notes)
   unit = s.task.unit.rstrip("s")
   data["flops_per_" + unit] = flops
-  flop_text = f"{flops:,.0f} FLOPs per {unit} forward + backward (XLA cost analysis)" \
-      if flops else "FLOPs unknown (no cost analysis on this backend)"
-  if flops and re.search(r"\bwhile\(", ctx._probe_fn.as_text() or ""):
-    flop_text += " (an undercount: XLA counts each loop body, e.g. scanned layers, once)"
-  formula = setup.flops_per_item(s, s.abstract_state.params)
+  flop_text = (f"{flops:,.0f} FLOPs per {unit} forward + backward (counted: matmuls and "
+               f"convolutions, backward 2x forward{'; ' + '; '.join(notes) if notes else ''})")
+  xla = _xla_flops_per_item(ctx)
+  if xla:
+    data["xla_flops_per_" + unit] = xla
+    flop_text += f", XLA cost analysis {xla:,.0f}"
+    if re.search(r"\bwhile\(", ctx._probe_fn.as_text() or ""):
+      flop_text += " (which counts each loop body, e.g. scanned layers, once)"
+  formula = setup.formula_flops_per_item(s, s.abstract_state.params)
   if formula:
     flop_text += f", model formula {formula:,.0f}"
   return Check("model", True, f"{s.model.__class__.__name__} with {total:,} parameters in "
@@ -394,10 +401,11 @@ def check_model(ctx) -> Check:
                data=data)
 
 
-def _flops_per_item(ctx) -> float:
+def _xla_flops_per_item(ctx) -> float:
   """Forward and backward FLOPs per example or token, summed over devices, from XLA's cost
-  analysis of the compiled gradient computation on one micro-batch. (The train step's own
-  analysis would count the loop over micro-batches once.)"""
+  analysis of the compiled gradient computation on one micro-batch: a cross-check, all
+  FLOPs (elementwise too), but none of custom calls (cuDNN convolutions on a GPU) and loop
+  bodies once."""
   try:
     cost = ctx._probe_fn.cost_analysis()
   except Exception:  # some backends have no cost analysis
