@@ -12,6 +12,7 @@ import sys
 
 import numpy as np
 import pytest
+from flax.traverse_util import flatten_dict
 
 from configs import base
 from helpers import REPO, main_env, read_metrics
@@ -140,7 +141,7 @@ def test_mlflow_params_are_the_config_and_the_capsule_is_an_artifact(resumed, ml
   run = mlflow_client.get_run(resumed["ids"]["mlflow"]["run_id"])
   first, last = resumed["configs"]
   params = run.data.params
-  assert params == {k: str(v) for k, v in trackers.flatten(first).items()}
+  assert params == {k: str(v) for k, v in flatten_dict(first, sep=".").items()}
   assert params["optim.learning_rate"] == str(first["optim"]["learning_rate"])
   assert params["train.num_steps"] == "30" != str(last["train"]["num_steps"])  # kept as first
   assert "config now differs in train.allow_schedule_change, train.num_steps" in \
@@ -166,7 +167,7 @@ def test_wandb_offline_run_holds_the_metrics_and_the_config(resumed):
   assert points == logged_points(resumed["workdir"])
   assert ("train/grad_rms/Conv_0", 40) in points and ("test/accuracy", 60) in points
   for launch, config in zip(launches, resumed["configs"]):
-    flat = trackers.flatten(config)
+    flat = flatten_dict(config, sep=".")
     assert {k: launch["config"][k] for k in flat} == flat
   assert launches[1]["config"]["train.num_steps"] == 60   # the resumed launch's value
   with open(os.path.join(resumed["workdir"], "capsule.json")) as f:

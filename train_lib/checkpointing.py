@@ -38,6 +38,7 @@ import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from flax.traverse_util import flatten_dict
 from jax.experimental import multihost_utils
 
 from train_lib import optim, writers
@@ -484,12 +485,7 @@ class Checkpointer:
 
 def changed_keys(old: dict, new: dict, prefixes=()) -> list:
   """ "key old -> new" for every dotted key whose value differs (restricted to prefixes)."""
-  def flat(d, prefix=""):
-    out = {}
-    for k, v in d.items():
-      out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
-  a, b = flat(old), flat(new)
+  a, b = flatten_dict(old, sep="."), flatten_dict(new, sep=".")
   keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and
                 (not prefixes or k.startswith(prefixes)))
   return [f"{k} {a.get(k)} -> {b.get(k)}" for k in keys]

@@ -42,6 +42,7 @@ import time
 
 import jax
 import numpy as np
+from flax.traverse_util import flatten_dict
 
 from train_lib import writers
 from train_lib.errors import Preempted, UserError
@@ -72,17 +73,6 @@ def check(config) -> list:
     raise UserError(f"config.wandb.mode={config.wandb.mode!r} is unknown; use one of "
                     f"{', '.join(WANDB_MODES)}, or \"\" for $WANDB_MODE (else online)")
   return names
-
-
-def flatten(tree: dict, prefix: str = "") -> dict:
-  """{"optim": {"name": "adamw"}} -> {"optim.name": "adamw"}; empty sections vanish."""
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(flatten(value, f"{prefix}{key}."))
-    else:
-      out[f"{prefix}{key}"] = value
-  return out
 
 
 def numbers(split: str, metrics: dict) -> dict:
@@ -132,7 +122,7 @@ class Trackers:
       return
     path = os.path.join(workdir, RUN_IDS)
     ids = writers.read_json(path, {}) or {}
-    params = flatten(json.loads(self.config.to_json_best_effort()))
+    params = flatten_dict(json.loads(self.config.to_json_best_effort()), sep=".")
     for name in self.names:
       tracker = TRACKERS[name](self.config)
       if self._guard(tracker, "start", tracker.start, workdir, params, ids.get(name)):
