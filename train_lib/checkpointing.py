@@ -89,6 +89,11 @@ def seal(step_dir: str) -> None:
                      {"algorithm": "sha256", "files": _digests(step_dir, files)}, indent=0)
 
 
+def sealed(directory: str, steps) -> list:
+  """Those of `steps` whose save sealed them (wrote the MANIFEST of checksums)."""
+  return [s for s in steps if os.path.exists(os.path.join(directory, str(s), MANIFEST))]
+
+
 def verify(step_dir: str) -> str:
   """"" if every file of the step matches its checksums; else what does not."""
   try:
@@ -259,9 +264,8 @@ class Checkpointer:
     if self.read_only or not self.keep:
       return
     steps = self.all_steps()
-    sealed = [s for s in steps
-              if os.path.exists(os.path.join(self.directory, str(s), MANIFEST))]
-    kept = set(sealed[-self.keep:]) | {s for s in steps if s > (sealed or [-1])[-1]}
+    done = sealed(self.directory, steps)
+    kept = set(done[-self.keep:]) | {s for s in steps if s > (done or [-1])[-1]}
     kept |= {s for s in steps if self.period and s % self.period == 0}
     for step in steps:
       if step not in kept:
@@ -276,8 +280,7 @@ class Checkpointer:
       for path in removed:
         shutil.rmtree(path, ignore_errors=True)
       self.manager.reload()
-      steps = [s for s in self.all_steps()
-               if os.path.exists(os.path.join(self.directory, str(s), MANIFEST))]
+      steps = sealed(self.directory, self.all_steps())
       message = " ".join(str(e).split()) or type(e).__name__
       raise UserError(f"saving a checkpoint in {self.directory} failed: {message}; removed "
                       f"{', '.join(removed) or 'no temporary folder'}; newest verified "

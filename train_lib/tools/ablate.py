@@ -166,8 +166,8 @@ def _saved_step(workdir: str):
   unless it fails verification), or None."""
   folder = os.path.join(workdir, "checkpoints")
   names = os.listdir(folder) if os.path.isdir(folder) else []
-  return max((int(n) for n in names if n.isdigit() and os.path.exists(
-      os.path.join(folder, n, checkpointing.MANIFEST))), default=None)
+  return max(checkpointing.sealed(folder, [int(n) for n in names if n.isdigit()]),
+             default=None)
 
 
 def _done(record: dict) -> str:
