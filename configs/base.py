@@ -161,6 +161,12 @@ def get_config():
   config.lr_range.num_steps = 200      # exponential sweep from min_lr to max_lr
   config.lr_range.diverge_factor = 4.0  # stop once the smoothed loss exceeds this x its minimum
 
+  config.compile = ml_collections.ConfigDict()  # --mode=compile: ahead of time, nothing runs
+  config.compile.topology = "local"    # local (the devices present) | a TPU topology: v5e:4x4, ...
+  config.compile.search = ""           # "" | micro_batch (largest that fits) | fsdp (smallest)
+  config.compile.step_time_s = 0.0     # > 0: report the MFU a step of this time would reach
+  config.compile.memory_gib = 0.0      # > 0: memory per device to fit in (default: the chip's)
+
   # Mesh axis sizes; one may be -1 to take the remaining devices.
   config.mesh = ml_collections.ConfigDict()
   config.mesh.data = -1

@@ -18,7 +18,7 @@ from train_lib import writers
 
 # What each mode never reads, on purpose: unread fields under these prefixes are not
 # reported. A mode not listed here reports every unread field that was set.
-TOOLS = ("sanity.", "lr_range.")   # the settings of --mode=sanity and --mode=lr_range
+TOOLS = ("sanity.", "lr_range.", "compile.")   # the settings of the tools' modes
 UNREAD_BY_DESIGN = {
     "train": ("sample.", "eval.", *TOOLS),   # the other modes' own settings
     "eval": ("sample.", "train.", *TOOLS),
@@ -31,6 +31,9 @@ UNREAD_BY_DESIGN = {
                  "optim.warmup_steps", "optim.end_learning_rate_factor",
                  "optim.learning_rate",              # sweeps its own learning rates
                  "data.eval_split", "data.eval_batch_size", "data.eval_limit"),  # no eval
+    "compile": ("sample.", "eval.", "evals.", "sanity.", "lr_range.", "data.eval_limit",
+                "data.eval_split",
+                "train.",),    # compiles the steps; runs none
 }
 
 

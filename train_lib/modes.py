@@ -5,9 +5,9 @@
 
 from train_lib import config_io, config_reads, loop, partitioning, setup
 from train_lib.errors import UserError
-from train_lib.tools import ablate, lr_range, sample, sanity, train as train_with_tools
+from train_lib.tools import ablate, compile as compile_tool, lr_range, sample, sanity, train as train_with_tools
 
-MODES = ("train", "eval", "sample", "shardings", "ablate", "sanity", "lr_range")
+MODES = ("train", "eval", "sample", "shardings", "ablate", "sanity", "lr_range", "compile")
 
 
 def run(mode: str, config, workdir: str) -> dict:
@@ -23,6 +23,8 @@ def _run(mode: str, config, workdir: str) -> dict:
     return ablate.run(config, workdir)
   if "variants" in config:
     raise UserError(f"this is an ablation config; run it with --mode=ablate, not {mode}")
+  if mode == "compile":   # ahead of time, for a TPU topology or the devices present
+    return compile_tool.run(config, workdir)
   setup.enable_compilation_cache(config.train.compilation_cache)
   if mode == "train":
     return train_with_tools(config, workdir)

@@ -19,7 +19,7 @@ import optax
 
 import input_pipeline
 import models
-from train_lib import optim, partitioning, state as state_lib, tasks, writers
+from train_lib import chips, optim, partitioning, state as state_lib, tasks, writers
 from train_lib.errors import UserError
 from train_lib.tasks.base import Task
 
@@ -138,15 +138,9 @@ def formula_flops_per_item(s: "Setup", params) -> float:
   return float(fn(state_lib.num_params(params), s.data.seq_len))
 
 
-# Dense bf16 peak of one chip (datasheet), for the mfu in metrics.jsonl;
-# bench/ measures the achievable matmul peak instead.
-PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0, "TPU v4": 275.0,
-               "TPU v5 lite": 197.0, "TPU v5p": 459.0, "TPU v6 lite": 918.0}
-
-
 def datasheet_peak_tflops() -> float:
-  kind = jax.devices()[0].device_kind
-  return next((tflops for name, tflops in PEAK_TFLOPS.items() if name in kind), 0.0)
+  """Dense bf16 peak of one device (train_lib/chips.py), for the mfu in metrics.jsonl."""
+  return chips.peak_tflops(jax.devices()[0].device_kind)
 
 
 def peak_flops(config) -> float:

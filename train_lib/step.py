@@ -60,7 +60,7 @@ def _split_microbatches(batch, k: int):
 
 def _rms(leaves):
   squares = sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves)
-  return jnp.sqrt(squares / max(sum(x.size for x in leaves), 1))
+  return jnp.sqrt(squares / float(max(sum(x.size for x in leaves), 1)))  # > 2**31 in 7B
 
 
 def rms_instruments(name: str, tree) -> dict:
