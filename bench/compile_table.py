@@ -37,11 +37,8 @@ def one(spec: str, workdir: str) -> dict:
       return json.load(f)
 
 
-def _gib(b) -> str:
-  return f"{b / 2**30:.2f}"
-
-
 def row(spec: str, r: dict) -> list:
+  from train_lib.tools.compile import _gib
   train = r["memory_per_device"]["train"]
   comms = "; ".join(f"{k} {v['count']}x {v['bytes'] / 2**30:.2f} GiB"
                     for k, v in r["collectives"]["train"].items()) or "none"

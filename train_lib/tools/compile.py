@@ -375,7 +375,7 @@ def _candidates(config, what: str, tgt: Target) -> list:
   """(value, config) pairs in the order that needs ever less memory."""
   out = []
   if what == "micro_batch":
-    batch, shards = config.data.batch_size, None
+    batch = config.data.batch_size
     shards = partitioning.batch_shards(partitioning.make_mesh(config.mesh, tgt.devices))
     for m in range(batch, 0, -1):
       if batch % m == 0 and m % shards == 0:
