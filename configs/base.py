@@ -216,7 +216,8 @@ def transformer_model():
   model.attention_impl = "auto"  # auto | cudnn | xla
   model.tie_embeddings = True
   model.use_bias = False
-  model.dropout = 0.0
+  model.dropout = 0.0           # embeddings and both residual branches
+  model.attention_dropout = 0.0  # attention probabilities (XLA attention when > 0)
   model.scaled_residual_init = True
   model.scan_layers = True
   model.remat = "none"          # none | full | dots | dots_no_batch

@@ -37,6 +37,7 @@ def get_config(arg=None):
   config.model.mlp_dim = 768
   config.model.pool = arg.pool
   config.model.dropout = 0.0
+  config.model.attention_dropout = 0.0
   config.model.norm_epsilon = 1e-6
   config.model.attention_impl = "auto"
 

@@ -11,7 +11,8 @@ tensor parallelism over heads, MLP units and vocabulary; `gqa` uses 8 key/value 
     python main.py --config=configs/llama2_7b.py:runlocal --workdir=/tmp/l   # CPU, seconds
 
 Trains on random tokens below the vocabulary (no Llama tokenizer offline): this config is
-for sizing, compiling and throughput. Global batch 256 x 4096 tokens (1M), bf16 compute,
+for sizing, compiling and throughput. `runlocal` trains on the embedded Shakespeare bytes
+instead, so that `--mode=sanity` has a signal to find. Global batch 256 x 4096 tokens (1M), bf16 compute,
 float32 parameters and AdamW moments, every layer rematerialised, scanned layers.
 """
 
@@ -22,8 +23,13 @@ def get_config(arg=None):
   arg = base.parse_arg(arg, runlocal=False, gqa=False, tensor=1)
   config = base.get_config()
   config.task.name = "lm"
-  config.data.name = "synthetic_tokens"
-  config.data.vocab_size = 32000
+  if arg.runlocal:   # bytes of real text: sanity's label-signal check needs learnable targets
+    config.data.name = "shakespeare"
+    config.data.eval_split = "validation"
+    config.data.eval_limit = 8
+  else:
+    config.data.name = "synthetic_tokens"
+    config.data.vocab_size = 32000
   config.data.seq_len = 4096
   config.data.batch_size = 256
   config.data.eval_batch_size = 256
@@ -65,7 +71,6 @@ def get_config(arg=None):
   config.train.checkpoint_every = 1000
   if arg.runlocal:   # the same architecture, small enough for a CPU
     config.dtype = "float32"
-    config.data.vocab_size = 512
     config.data.seq_len = 64
     config.data.batch_size = 8
     config.data.eval_batch_size = 8

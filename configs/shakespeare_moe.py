@@ -33,7 +33,7 @@ def get_config(arg=None):
   config.model = ml_collections.ConfigDict()
   config.model.name = "moe"
   for key in ("vocab_size", "num_layers", "num_heads", "d_model", "max_len", "position",
-              "norm", "dropout", "loss_chunk"):
+              "norm", "dropout", "attention_dropout", "loss_chunk"):
     config.model[key] = model[key]
   config.model.mlp_dim = 32 if arg.runlocal else 128   # per expert: 8 x 3 x 384 x 128 = char's MLP
   config.model.num_experts = 4 if arg.runlocal else 8

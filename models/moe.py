@@ -168,6 +168,7 @@ class MoEBlock(nn.Module):
   rope_base: float
   attention_impl: str
   dropout: float
+  attention_dropout: float
   max_len: int
   residual_std: float
   train: bool
@@ -183,7 +184,8 @@ class MoEBlock(nn.Module):
     drop = nn.Dropout(self.dropout, deterministic=not self.train)
     attn = Attention(self.num_heads, self.num_kv_heads, self.head_dim, position=self.position,
                      rope_base=self.rope_base, implementation=self.attention_impl,
-                     max_len=self.max_len, dtype=self.dtype, kernel_init=init,
+                     max_len=self.max_len, dropout=self.attention_dropout,
+                     deterministic=not self.train, dtype=self.dtype, kernel_init=init,
                      out_init=out_init, name="attn")
     moe = MoEMLP(self.num_experts, self.top_k, self.mlp_dim, self.capacity_factor, self.dtype,
                  init, out_init, name="moe")
@@ -217,6 +219,7 @@ class MoETransformer(nn.Module):
   attention_impl: str = "auto"
   tie_embeddings: bool = True
   dropout: float = 0.0
+  attention_dropout: float = 0.0   # attention probabilities (computed in XLA when > 0)
   scaled_residual_init: bool = True
   scan_layers: bool = True
   remat: str = "none"              # none | full | dots | dots_no_batch
@@ -273,7 +276,7 @@ class MoETransformer(nn.Module):
         norm=self.norm, norm_impl=self.norm_impl,
         position=self.position if self.position in ("rope", "alibi") else "none",
         rope_base=self.rope_base, attention_impl=self.attention_impl, dropout=self.dropout,
-        max_len=self.max_len, residual_std=residual_std, train=train, decode=decode,
+        attention_dropout=self.attention_dropout, max_len=self.max_len, residual_std=residual_std, train=train, decode=decode,
         dtype=self.dtype)
     block = MoEBlock
     if REMAT[self.remat] is not None and not decode:

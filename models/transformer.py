@@ -88,6 +88,7 @@ class Block(nn.Module):
   attention_impl: str
   use_bias: bool
   dropout: float
+  attention_dropout: float
   max_len: int
   residual_std: float
   causal: bool
@@ -106,7 +107,8 @@ class Block(nn.Module):
     drop = nn.Dropout(self.dropout, deterministic=not self.train)
     attn = Attention(self.num_heads, self.num_kv_heads, self.head_dim, position=self.position,
                      implementation=self.attention_impl, use_bias=self.use_bias,
-                     max_len=self.max_len, causal=self.causal, dtype=self.dtype,
+                     max_len=self.max_len, causal=self.causal, dropout=self.attention_dropout,
+                     deterministic=not self.train, dtype=self.dtype,
                      kernel_init=init, out_init=out_init, name="attn")
     mlp = FeedForward(self.mlp_dim, self.activation, self.use_bias, self.dtype, init, out_init,
                       name="mlp")
@@ -146,7 +148,8 @@ class Transformer(nn.Module):
   attention_impl: str = "auto"     # auto (cuDNN on GPU where possible) | cudnn | xla
   tie_embeddings: bool = True
   use_bias: bool = False
-  dropout: float = 0.0
+  dropout: float = 0.0             # embeddings and both residual branches
+  attention_dropout: float = 0.0   # attention probabilities (computed in XLA when > 0)
   scaled_residual_init: bool = True  # GPT-2: residual projections ~ N(0, 0.02/sqrt(2L))
   scan_layers: bool = True
   remat: str = "none"              # none | full | dots | dots_no_batch
@@ -196,7 +199,8 @@ class Transformer(nn.Module):
         pre_norm=self.pre_norm,
         position=self.position if self.position in ("rope", "alibi") else "none",
         attention_impl=self.attention_impl, use_bias=self.use_bias, dropout=self.dropout,
-        max_len=self.max_len, residual_std=residual_std, causal=self.causal, train=train,
+        attention_dropout=self.attention_dropout, max_len=self.max_len,
+        residual_std=residual_std, causal=self.causal, train=train,
         decode=decode, dtype=self.dtype)
     block = Block
     if REMAT[self.remat] is not None and not decode:

@@ -49,6 +49,7 @@ class Block(nn.Module):
   mlp_dim: int
   norm_epsilon: float
   dropout: float
+  attention_dropout: float
   attention_impl: str
   train: bool
   dtype: Any
@@ -60,6 +61,7 @@ class Block(nn.Module):
     drop = nn.Dropout(self.dropout, deterministic=not self.train)
     attn = Attention(self.num_heads, self.num_heads, D // self.num_heads, position="none",
                      implementation=self.attention_impl, use_bias=True, causal=False,
+                     dropout=self.attention_dropout, deterministic=not self.train,
                      dtype=self.dtype, name="attn",
                      kernel_init=nn.initializers.xavier_uniform(in_axis=0, out_axis=(1, 2)),
                      out_init=nn.initializers.xavier_uniform(in_axis=(0, 1), out_axis=2))
@@ -78,6 +80,7 @@ class ViT(nn.Module):
   mlp_dim: int = 0                 # 0 = 4 * width
   pool: str = "token"              # token (class token) | avg (mean of the patch tokens)
   dropout: float = 0.0             # after the position embeddings and each residual branch
+  attention_dropout: float = 0.0   # attention probabilities (computed in XLA when > 0)
   norm_epsilon: float = 1e-6       # timm's; Hugging Face's ViT uses 1e-12
   attention_impl: str = "auto"     # auto (cuDNN on GPU where possible) | cudnn | xla
   dtype: Any = jnp.float32
@@ -109,8 +112,8 @@ class ViT(nn.Module):
 
     for i in range(self.depth):
       x_BxTxD = Block(self.num_heads, self.mlp_dim or 4 * self.width, self.norm_epsilon,
-                      self.dropout, self.attention_impl, train, self.dtype,
-                      name=f"layer_{i}")(x_BxTxD)
+                      self.dropout, self.attention_dropout, self.attention_impl, train,
+                      self.dtype, name=f"layer_{i}")(x_BxTxD)
 
     final_norm = nn.LayerNorm(self.norm_epsilon, dtype=self.dtype, name="final_norm")
     if self.pool == "token":

@@ -81,6 +81,57 @@ def test_auto_attention_picks_xla_off_gpu_and_refuses_unknown_names():
     choose_implementation("flash", jnp.bfloat16, 64, False)
 
 
+@pytest.mark.parametrize("causal", [True, False])
+def test_attention_dropout_zeroes_or_rescales_each_exact_probability(causal):
+  """With one-hot values the output rows are the dropped probabilities themselves: each entry is
+  0 or p / (1 - rate) for numpy's p, never a masked one, and about `rate` of them are 0."""
+  rng = np.random.default_rng(0)
+  B, T, N, K, rate = 2, 16, 4, 2, 0.25
+  q = rng.normal(size=(B, T, N, T)).astype(np.float32)
+  k = rng.normal(size=(B, T, K, T)).astype(np.float32)
+  v = np.broadcast_to(np.eye(T, dtype=np.float32)[None, :, None, :], (B, T, K, T))
+  kv_len = np.array([T, 11])
+  attn = Attention(num_heads=N, num_kv_heads=K, head_dim=T, causal=causal, dropout=rate,
+                   deterministic=False)
+  got = np.asarray(attn.apply({}, q, k, v, None, None, jnp.asarray(kv_len),
+                              method=Attention._attend_dropout,
+                              rngs={"dropout": jax.random.PRNGKey(0)}))
+  # numpy_attention scales by 1/sqrt(head_dim): here head_dim = T, as in the module
+  want = numpy_attention(q, k, v, causal=causal, kv_len=kv_len)   # [B, T, N, S]
+  kept = got != 0
+  np.testing.assert_allclose(got[kept], want[kept] / (1 - rate), rtol=1e-5, atol=1e-6)
+  assert not kept[want == 0].any()                                  # masked keys stay 0
+  dropped = (~kept[want > 0]).mean()
+  assert abs(dropped - rate) < 0.05, dropped
+  again = attn.apply({}, q, k, v, None, None, jnp.asarray(kv_len),
+                     method=Attention._attend_dropout, rngs={"dropout": jax.random.PRNGKey(0)})
+  other = attn.apply({}, q, k, v, None, None, jnp.asarray(kv_len),
+                     method=Attention._attend_dropout, rngs={"dropout": jax.random.PRNGKey(1)})
+  np.testing.assert_array_equal(np.asarray(again), got)              # same key, same mask
+  assert (np.asarray(other) != got).any()
+
+
+def test_attention_dropout_is_unbiased_and_off_in_evaluation():
+  B, T, D, N = 2, 6, 16, 4
+  x = jax.random.normal(jax.random.PRNGKey(0), (B, T, D))
+  pos = jnp.broadcast_to(jnp.arange(T), (B, T))
+  plain = Attention(num_heads=N, num_kv_heads=2, head_dim=D // N, position="rope")
+  params = plain.init(jax.random.PRNGKey(1), x, pos)["params"]
+  want = plain.apply({"params": params}, x, pos)
+  dropping = plain.clone(dropout=0.3, deterministic=False)
+  evaluating = plain.clone(dropout=0.3, deterministic=True)
+  np.testing.assert_array_equal(np.asarray(evaluating.apply({"params": params}, x, pos)),
+                                np.asarray(want))
+  outs = jax.vmap(lambda key: dropping.apply({"params": params}, x, pos,
+                                             rngs={"dropout": key}))(
+      jax.random.split(jax.random.PRNGKey(2), 4000))
+  assert float(jnp.abs(outs[0] - want).max()) > 1e-2                # one sample does drop
+  np.testing.assert_allclose(np.asarray(outs.mean(0)), np.asarray(want), atol=0.01)
+  with pytest.raises(ValueError, match="no attention dropout"):
+    dropping.clone(implementation="cudnn").apply({"params": params}, x, pos,
+                                                 rngs={"dropout": jax.random.PRNGKey(0)})
+
+
 def test_rope_preserves_norms_and_depends_only_on_relative_position():
   rng = np.random.default_rng(0)
   q = jnp.asarray(rng.normal(size=(1, 1, 1, 16)), jnp.float32)
@@ -172,6 +223,7 @@ SWITCHES = {
     "norm": ["layernorm", "rmsnorm"], "pre_norm": [True, False],
     "activation": ["gelu", "relu", "sq_relu", "swiglu"], "num_kv_heads": [0, 2, 1],
     "tie_embeddings": [True, False], "use_bias": [True, False], "dropout": [0.0, 0.1],
+    "attention_dropout": [0.0, 0.2],
     "scaled_residual_init": [True, False], "scan_layers": [True, False],
     "remat": ["none", "full", "dots", "dots_no_batch"], "loss_chunk": [0, 4],
     "dtype": [jnp.float32, jnp.bfloat16], "attention_impl": ["auto", "xla"],

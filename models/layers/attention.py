@@ -4,10 +4,13 @@
     y_BxTxD = attn(x_BxTxD, positions_BxT)                       # causal, training
     y_BxTxD = attn(x_BxTxD, positions_BxT, mask_BxT=mask)        # padding keys hidden
     Attention(..., causal=False)                                 # bidirectional (encoders)
+    Attention(..., dropout=0.1, deterministic=False)             # attention-probability dropout
     y_BxTxD, vars = attn.apply(v, x, pos, decode=True, mutable=["cache"])  # one step of decoding
 
 The kernel is jax.nn.dot_product_attention: cuDNN flash attention on GPU when the
-shapes and dtypes allow ("auto" or "cudnn"), XLA elsewhere ("xla").
+shapes and dtypes allow ("auto" or "cudnn"), XLA elsewhere ("xla"). Dropout on the attention
+probabilities (training only) computes them explicitly in XLA: jax's cuDNN attention takes
+its dropout seed as a compile-time constant, which would drop the same entries every step.
 """
 
 from typing import Any, Callable
@@ -87,6 +90,8 @@ class Attention(nn.Module):
   use_bias: bool = False
   max_len: int = 1024              # KV-cache length for decoding
   causal: bool = True              # False: every position attends to every (unmasked) one
+  dropout: float = 0.0             # on the attention probabilities, when not deterministic
+  deterministic: bool = True
   dtype: Any = jnp.float32
   kernel_init: Callable = nn.initializers.normal(0.02)
   out_init: Callable = nn.initializers.normal(0.02)
@@ -117,14 +122,49 @@ class Attention(nn.Module):
       mask = None
       if mask_BxT is not None:  # [B, 1, 1, S]: no query attends to a padding key
         mask = (mask_BxT > 0)[:, None, None, :]
-      impl = choose_implementation(self.implementation, q_BxTxNxH.dtype, self.head_dim,
-                                   bias is not None or mask is not None)
-      out_BxTxNxH = jax.nn.dot_product_attention(
-          q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, bias=bias, mask=mask, is_causal=self.causal,
-          key_value_seq_lengths=kv_lengths_B, implementation=impl)
+      if self.dropout > 0 and not self.deterministic:
+        if self.implementation == "cudnn":
+          raise ValueError("attention_impl='cudnn' has no attention dropout in jax (its seed is "
+                           "fixed at compile time); use attention_impl='auto' or 'xla', or "
+                           "attention_dropout=0")
+        out_BxTxNxH = self._attend_dropout(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, bias, mask,
+                                           kv_lengths_B)
+      else:
+        impl = choose_implementation(self.implementation, q_BxTxNxH.dtype, self.head_dim,
+                                     bias is not None or mask is not None)
+        out_BxTxNxH = jax.nn.dot_product_attention(
+            q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, bias=bias, mask=mask, is_causal=self.causal,
+            key_value_seq_lengths=kv_lengths_B, implementation=impl)
     return Projection("btnh,nhd->btd", (self.num_heads, self.head_dim, D),
                       ("heads", "head_dim", "embed"), self.out_init, self.use_bias, self.dtype,
                       name="out")(out_BxTxNxH)
+
+  def _attend_dropout(self, q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, bias, mask, kv_lengths_B):
+    """jax.nn.dot_product_attention's XLA computation (float32 logits and softmax, probabilities
+    in the input dtype) with inverted dropout on the probabilities; GQA without repeating K/V."""
+    B, T, N, H = q_BxTxNxH.shape
+    S, K = k_BxSxKxH.shape[1], k_BxSxKxH.shape[2]
+    q_BxTxKxGxH = q_BxTxNxH.reshape(B, T, K, N // K, H)
+    logits = jnp.einsum("btkgh,bskh->bkgts", q_BxTxKxGxH, k_BxSxKxH,
+                        preferred_element_type=jnp.float32) * (H ** -0.5)
+    logits_BxNxTxS = logits.reshape(B, N, T, S)
+    if bias is not None:
+      logits_BxNxTxS = logits_BxNxTxS + bias.astype(jnp.float32)
+    keep = jnp.ones((1, 1, T, S), bool)
+    if self.causal:
+      keep = keep & jnp.tril(jnp.ones((T, S), bool))[None, None]
+    if mask is not None:
+      keep = keep & mask
+    if kv_lengths_B is not None:
+      keep = keep & (jnp.arange(S)[None, None, None, :] < kv_lengths_B[:, None, None, None])
+    logits_BxNxTxS = jnp.where(keep, logits_BxNxTxS, -0.7 * jnp.finfo(jnp.float32).max)
+    probs_BxNxTxS = jax.nn.softmax(logits_BxNxTxS, axis=-1)
+    keep_BxNxTxS = jax.random.bernoulli(self.make_rng("dropout"), 1.0 - self.dropout,
+                                        probs_BxNxTxS.shape)
+    probs_BxNxTxS = jnp.where(keep_BxNxTxS, probs_BxNxTxS / (1.0 - self.dropout), 0.0)
+    probs_BxNxTxS = probs_BxNxTxS.astype(v_BxSxKxH.dtype)
+    return jnp.einsum("bkgts,bskh->btkgh", probs_BxNxTxS.reshape(B, K, N // K, T, S),
+                      v_BxSxKxH).reshape(B, T, N, H)
 
   def _attend_cached(self, q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, positions_BxT):
     """Writes this call's keys and values at `index` and attends over the cache."""
