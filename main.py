@@ -49,7 +49,7 @@ _CONFIG = config_flags.DEFINE_config_file(
     "or a run's config.json to replay that run.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints and logs.")
 _MODE = flags.DEFINE_string(
-    "mode", "train", "train | eval | sample | shardings | ablate | sanity | lr_range")
+    "mode", "train", "train | eval | sample | shardings | ablate | sanity | lr_range | compile | tokenizer")
 
 
 class _ConfigParser(flags.ArgumentParser):

@@ -6,6 +6,8 @@
     REGISTRY.resolve("cnn")                             # a registered short name
     REGISTRY.resolve("my_lab.nets:Net")                 # an importable module (on PYTHONPATH)
     REGISTRY.resolve("path/to/net.py:Net")              # a file outside the repo
+    @REGISTRY.register("tfds:")                         # a family of names:
+    REGISTRY.resolve("tfds:lm1b")                       # "tfds:" + anything finds it
 
 A registry finds its plug-ins by importing every module of its package, so adding one
 is adding a file. This module imports nothing of the project, so every room may use it.
@@ -112,6 +114,10 @@ class Registry:
 
   def resolve(self, name: str):
     if ":" in name:
+      prefix = name.split(":", 1)[0] + ":"
+      self._discover()
+      if prefix in self._entries:   # a registered family of names: "tfds:" + a TFDS name
+        return self._entries[prefix]
       return load(name, self.kind)
     self._discover()
     if name in self._entries:

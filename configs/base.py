@@ -58,11 +58,17 @@ def get_config():
   config.data.prefetch = 4             # batches prefetched by grain
   config.data.synthetic_shape = (8, 8, 1)
   config.data.synthetic_classes = 10
-  # Text (task.name="lm"): shakespeare | text | synthetic_tokens
+  # Text (task.name="lm"): shakespeare | text | tfds:NAME | synthetic_tokens
   config.data.seq_len = 256            # tokens per window; windows hold seq_len + 1
   config.data.text_files = ""          # data.name="text": a glob of .txt / .txt.gz files
   config.data.holdout_fraction = 0.1   # tail of each file held out for validation
-  config.data.vocab_size = 256         # synthetic_tokens only; text is bytes (256)
+  config.data.vocab_size = 256         # synthetic_tokens only; text: from data.tokenizer
+  config.data.tokenizer = "bytes"      # bytes | bpe:PATH (tokenizer.json, or vocab.json +
+  #                                      merges.txt) | sentencepiece:PATH (.model)
+  config.data.text_feature = "text"    # data.name="tfds:NAME": the feature holding the text
+  config.data.tokenizer_train = ml_collections.ConfigDict()   # --mode=tokenizer
+  config.data.tokenizer_train.kind = "bpe"        # bpe (byte-level) | sentencepiece (unigram)
+  config.data.tokenizer_train.vocab_size = 4096
   config.data.eval_limit = 0           # evaluate at most this many windows; 0 = all
   config.data.restart_epoch_on_resume = False  # resume with another batch_size: restart the epoch
 

@@ -26,7 +26,7 @@ def get_config(arg=None):
   config.data.eval_batch_size = 64
 
   config.model = base.transformer_model()
-  config.model.vocab_size = 256
+  config.model.vocab_size = 0          # the data's: 256 bytes, or data.tokenizer's, padded to 64
   config.model.num_layers = 6
   config.model.num_heads = 6
   config.model.d_model = 384

@@ -32,7 +32,7 @@ def get_config(arg=None):
   arg = base.parse_arg(arg, runlocal=False)
   config.model = ml_collections.ConfigDict()
   config.model.name = "ssm"
-  config.model.vocab_size = 256
+  config.model.vocab_size = 0          # the data's: 256 bytes, or data.tokenizer's, padded to 64
   config.model.num_layers = 2 if arg.runlocal else 11
   config.model.d_model = 64 if arg.runlocal else 384
   config.model.expand = 2

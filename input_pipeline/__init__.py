@@ -22,7 +22,8 @@ REGISTRY.fallback = images.catalogue   # any other name: a prepared TFDS dataset
 
 
 def build(config, *, seed: int, sharding, eval_sharding=None) -> Data:
-  """config.data.name: a registered source, "package.module:Name" or "path/file.py:Name"."""
+  """config.data.name: a registered source, "tfds:NAME" (a TFDS text dataset),
+  "package.module:Name" or "path/file.py:Name"."""
   try:
     source = REGISTRY.resolve(config.name)
   except plugins.PluginError as e:

@@ -179,10 +179,10 @@ def test_resnet_per_example(arg):
     assert 2.6e9 < per_example < 2.9e9
 
 
-def transformer_forward_per_token(m, seq_len):
-  """Matmul FLOPs per token of models/transformer.py (tied embeddings, vocabulary <= 2048 so
+def transformer_forward_per_token(m, seq_len, v):
+  """Matmul FLOPs per token of models/transformer.py (tied embeddings, vocabulary v <= 2048 so
   both row lookups are one-hot matmuls) with the lm task's fused head + loss."""
-  d, v, f, t = m.d_model, m.vocab_size, m.mlp_dim or 4 * m.d_model, seq_len
+  d, f, t = m.d_model, m.mlp_dim or 4 * m.d_model, seq_len
   kv = (m.num_kv_heads or m.num_heads) * (d // m.num_heads)
   layer = (matmul(1, d, d) + 2 * matmul(1, d, kv)   # q, k, v projections
            + matmul(1, d, d)                        # out projection
@@ -200,7 +200,7 @@ def test_transformer_per_token(model, tfds_dir):
   config = shakespeare_char.get_config("runlocal")
   config.model.update(model)
   s = _build(config, tfds_dir=tfds_dir)
-  want = 3 * transformer_forward_per_token(config.model, config.data.seq_len)
+  want = 3 * transformer_forward_per_token(config.model, config.data.seq_len, s.model.vocab_size)
   assert flops.train_flops_per_item(s, rows=2) == want
 
 
@@ -218,7 +218,7 @@ def test_transformer_gpu_kernels_count_the_same(tfds_dir, monkeypatch):
   text = str(jax.make_jaxpr(lambda v, x: s.model.apply(v, x))(
       {"params": s.abstract_state.params}, S((2, config.data.seq_len), jnp.int32)))
   assert "dot_product_attention_fwd" in text and "pallas_call" in text
-  want = 3 * transformer_forward_per_token(config.model, config.data.seq_len)
+  want = 3 * transformer_forward_per_token(config.model, config.data.seq_len, s.model.vocab_size)
   assert flops.train_flops_per_item(s, rows=2) == want
 
 

@@ -144,7 +144,7 @@ def test_output_the_task_cannot_score_is_named():
   batch = {"label": np.zeros(4, np.int32)}
   assert image.check_output(np.zeros((4, 10)), batch) == ""
   assert "needs logits of shape (4, 10)" in image.check_output(np.zeros((4, 1)), batch)
-  data = SimpleNamespace(vocab_size=256, bytes_per_token=1, seq_len=8)
+  data = SimpleNamespace(vocab_size=256, token_bytes=np.ones(256, np.int32), seq_len=8)
   text = LanguageModeling(task_config, data, SimpleNamespace(vocab_size=256))
   batch = {"tokens": np.zeros((2, 9), np.int32)}
   assert text.check_output((np.zeros((2, 8)), np.zeros((2, 8))), batch) == ""

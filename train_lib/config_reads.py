@@ -34,6 +34,13 @@ UNREAD_BY_DESIGN = {
     "compile": ("sample.", "eval.", "evals.", "sanity.", "lr_range.", "data.eval_limit",
                 "data.eval_split",
                 "train.",),    # compiles the steps; runs none
+    "tokenizer": tuple(f"{k}." for k in ("compile", "eval", "evals", "lr_range", "mesh",
+                                        "model", "optim", "sample", "sanity", "task", "train",
+                                        "mlflow", "wandb")) +   # reads the corpus only
+                 ("dtype", "seed", "init_from", "init_skip", "writers", "data.batch_size",
+                  "data.eval_batch_size", "data.eval_limit", "data.seq_len", "data.prefetch",
+                  "data.worker_threads", "data.cache_mb", "data.tokenizer", "data.eval_split",
+                  "data.train_split"),   # the local corpora have train + validation
 }
 
 

@@ -5,9 +5,10 @@
 
 from train_lib import config_io, config_reads, loop, partitioning, setup
 from train_lib.errors import UserError
-from train_lib.tools import ablate, compile as compile_tool, lr_range, sample, sanity, train as train_with_tools
+from train_lib.tools import ablate, compile as compile_tool, lr_range, sample, sanity, tokenizer, train as train_with_tools
 
-MODES = ("train", "eval", "sample", "shardings", "ablate", "sanity", "lr_range", "compile")
+MODES = ("train", "eval", "sample", "shardings", "ablate", "sanity", "lr_range", "compile",
+         "tokenizer")
 
 
 def run(mode: str, config, workdir: str) -> dict:
@@ -23,6 +24,8 @@ def _run(mode: str, config, workdir: str) -> dict:
     return ablate.run(config, workdir)
   if "variants" in config:
     raise UserError(f"this is an ablation config; run it with --mode=ablate, not {mode}")
+  if mode == "tokenizer":   # fit one on the train split; nothing is built on a device
+    return tokenizer.run(config, workdir)
   if mode == "compile":   # ahead of time, for a TPU topology or the devices present
     return compile_tool.run(config, workdir)
   setup.enable_compilation_cache(config.train.compilation_cache)

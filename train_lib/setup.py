@@ -68,8 +68,10 @@ def build(config, devices=None) -> Setup:
   except input_pipeline.DataError as e:
     raise UserError(str(e)) from None
   try:
-    model = models.build(config.model, num_classes=data.num_classes,
-                         dtype=getattr(jax.numpy, DTYPES[config.dtype]))
+    extra = {"num_classes": data.num_classes, "dtype": getattr(jax.numpy, DTYPES[config.dtype])}
+    if config.model.get("vocab_size", None) == 0 and data.vocab_size:
+      extra["vocab_size"] = data.vocab_size   # model.vocab_size=0: the data's (its tokenizer's)
+    model = models.build(config.model, **extra)
   except (models.ModelError, TypeError) as e:
     raise UserError(str(e)) from None
   ignored = [k for k, _ in models.undeclared(config.model)]

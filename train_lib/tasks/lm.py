@@ -8,7 +8,8 @@ A batch may carry its targets apart, "targets": i32[B, T] in place of tokens[:, 
 A model that offers a fused head+loss (`fused_nll(tokens, targets) -> (nll, correct)`,
 as the Transformer does) is called through it, so the [B,T,V] logits never exist
 whole; any other model's logits are scored here. Metrics: loss (nats per token),
-accuracy, perplexity and bits per byte.
+accuracy, perplexity and bits per byte (the targets' nats over the bytes they cover,
+data.token_bytes: comparable across tokenizers).
 
 A model with auxiliary losses (a mixture of experts: models/moe.py) names them in
 `aux_metrics` (a tuple of names) and, called with `with_aux=True`, returns `(output, aux)`:
@@ -19,6 +20,7 @@ scalar is logged as a MEAN metric over tokens.
 import math
 
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from train_lib.errors import UserError
@@ -61,11 +63,15 @@ class LanguageModeling(Task):
     super().__init__(config, data, model)
     if not data.vocab_size:
       raise UserError(f"data.name={data.config.name!r} is not a text dataset; the lm task "
-                      "needs one (shakespeare, text, synthetic_tokens)")
-    self.bytes_per_token, self.seq_len = data.bytes_per_token, data.seq_len
+                      "needs one (shakespeare, text, tfds:NAME, synthetic_tokens)")
+    self.seq_len = data.seq_len
+    token_bytes = getattr(data, "token_bytes", None)   # bits per byte: the bytes targets cover
+    self.token_bytes = None if token_bytes is None else np.asarray(token_bytes, np.float32)
+    if self.token_bytes is not None:
+      self.metrics = {**self.metrics, "bits_per_byte": MEAN}
     self.aux_names = aux_metrics(model)
     if self.aux_names:   # declared per instance: the model decides which metrics exist
-      self.metrics = {**type(self).metrics, **{name: MEAN for name in self.aux_names}}
+      self.metrics = {**self.metrics, **{name: MEAN for name in self.aux_names}}
 
   def init_inputs(self, batch):
     return (batch["tokens"][:, :-1],), {}
@@ -82,15 +88,15 @@ class LanguageModeling(Task):
     count = mask_BxT.sum()
     total = (nll_BxT * mask_BxT).sum()
     stats = {"loss": mean(total, count), "accuracy": mean((correct_BxT * mask_BxT).sum(), count)}
+    if self.token_bytes is not None:   # nats -> bits, over the bytes the targets stand for
+      covered = (jnp.take(self.token_bytes, targets_BxT, mode="clip") * mask_BxT).sum()
+      stats["bits_per_byte"] = mean(total / math.log(2), covered)
     stats.update({name: mean(aux[name] * count, count) for name in self.aux_names})
     loss = total / jnp.maximum(count, 1.0)
     return (loss + aux["loss"] if self.aux_names else loss), stats
 
   def summarize(self, values):
-    out = {**values, "perplexity": math.exp(min(values["loss"], 700.0))}
-    if self.bytes_per_token:
-      out["bits_per_byte"] = values["loss"] / math.log(2) / self.bytes_per_token
-    return out
+    return {**values, "perplexity": math.exp(min(values["loss"], 700.0))}
 
   def initial_loss(self):
     return uniform_loss(vocabulary(self.model, self.data))
