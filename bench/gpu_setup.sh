@@ -8,4 +8,4 @@ export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
 if [ -d .devdata/fashion-mnist ]; then
   mkdir -p /usr/share/datasets && cp -r .devdata/fashion-mnist /usr/share/datasets/
 fi
-python3 -c "import jax, ml_collections, grain, tensorflow_datasets, matplotlib; print(jax.devices())"
+python3 -c "import jax, ml_collections, grain, tensorflow_datasets; print(jax.devices())"

@@ -1,9 +1,9 @@
 """The Shakespeare Transformer with bytes and with fitted BPEs, at equal training tokens:
 held-out bits per byte, tokens/s, and what the tokenizer itself costs the input pipeline.
 
-    python bench/tokenizers.py                       # one GPU: configs/shakespeare_char.py
-    python bench/tokenizers.py --vocab=1024,4096,16384 --json=tokenizers.json
-    JAX_PLATFORMS=cpu python bench/tokenizers.py --runlocal --steps=200   # a CPU smoke run
+    python bench/tokenizer_table.py                       # one GPU: configs/shakespeare_char.py
+    python bench/tokenizer_table.py --vocab=1024,4096,16384 --json=tokenizers.json
+    JAX_PLATFORMS=cpu python bench/tokenizer_table.py --runlocal --steps=200   # a CPU smoke run
 
 For each vocabulary size: `--mode=tokenizer` fits a byte-level BPE on the train split (fit
 s); the corpus is then tokenized into a fresh cache (tokenize s) and read back from it
@@ -93,6 +93,9 @@ def main():
                               "tokenize_s": first, "cache_read_s": cached,
                               "bytes_per_token": fit["held_out_bytes_per_token"]}
     print(f"done bpe {vocab}: {results[f'bpe{vocab}']}", flush=True)
+    if args.json:                    # after every row, so a cut-off run keeps what it measured
+      with open(args.json, "w") as f:
+        json.dump(results, f, indent=1)
   base_rate = results["bytes"]["tokens_per_sec"]
   for name, r in results.items():
     rows.append([name, f"{r['vocab']:,}", f"{r['bytes_per_token']:.2f}",
