@@ -295,8 +295,9 @@ def test_ablation_stops_a_worse_variant_and_rerun_skips_finished_runs(tmp_path, 
 def test_shipped_ablation_runs_end_to_end_in_its_runlocal_form(tmp_path, tfds_dir):
   module = importlib.import_module("configs.ablations.shakespeare_arch")
   assert "python main.py --mode=ablate --config=configs/ablations/" in module.__doc__
+  one_seed = "--config.seeds=(0,)"           # the runs of a second seed add time, not checks
   proc = run_main("--mode=ablate", "--config=configs/ablations/shakespeare_arch.py:runlocal",
-                  f"--workdir={tmp_path}")
+                  f"--workdir={tmp_path}", one_seed)
   summary = last_json(proc.stdout)
   names = ["baseline", "sinusoidal", "rope", "alibi", "no_position", "relu", "sq_relu",
            "swiglu"]
@@ -309,7 +310,7 @@ def test_shipped_ablation_runs_end_to_end_in_its_runlocal_form(tmp_path, tfds_di
     assert read_metrics(str(tmp_path / name / "seed_0"))
   assert "is set but nothing" not in proc.stderr     # no unread field in shipped configs
   again = run_main("--mode=ablate", "--config=configs/ablations/shakespeare_arch.py:runlocal",
-                   f"--workdir={tmp_path}")
+                   f"--workdir={tmp_path}", one_seed)
   assert last_json(again.stdout) == summary and "compiled train step" not in again.stderr
 
 
