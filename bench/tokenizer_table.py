@@ -82,6 +82,13 @@ def main():
   bytes_run = train(config, os.path.join(root, "bytes"), extra)
   results["bytes"] = {**bytes_run, "vocab": 256, "bytes_per_token": 1.0}
   print(f"done bytes: {bytes_run}", flush=True)
+
+  def keep():                        # after every row, so a cut-off run keeps what it measured
+    if args.json:
+      with open(args.json, "w") as f:
+        json.dump(results, f, indent=1)
+
+  keep()
   for vocab in [int(v) for v in args.vocab.split(",")]:
     fit = main_py(f"--config={config}", f"--workdir={os.path.join(root, f'tok{vocab}')}",
                   "--mode=tokenizer", f"--config.data.tokenizer_train.vocab_size={vocab}",
@@ -93,9 +100,7 @@ def main():
                               "tokenize_s": first, "cache_read_s": cached,
                               "bytes_per_token": fit["held_out_bytes_per_token"]}
     print(f"done bpe {vocab}: {results[f'bpe{vocab}']}", flush=True)
-    if args.json:                    # after every row, so a cut-off run keeps what it measured
-      with open(args.json, "w") as f:
-        json.dump(results, f, indent=1)
+    keep()
   base_rate = results["bytes"]["tokens_per_sec"]
   for name, r in results.items():
     rows.append([name, f"{r['vocab']:,}", f"{r['bytes_per_token']:.2f}",
@@ -109,9 +114,6 @@ def main():
   print(writers.table(["tokenizer", "vocab", "held-out bytes/token", "held-out bits/byte",
                        "tokens/s", "vs bytes", "bytes/s", "fit s", "tokenize s",
                        "cache read s"], rows, markdown=True))
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump(results, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -123,7 +123,7 @@ KILL_POINTS = [on_line("compiled train step"), after_progress(2), during_save,
 
 
 def test_kill_9_at_seven_points_resumes_to_the_uninterrupted_parameters(reference, tmp_path,
-                                                                      tfds_dir):
+                                                                        tfds_dir):
   workdir = str(tmp_path)
   argv = args(workdir, tfds_dir)
   saves_interrupted = 0
