@@ -80,6 +80,16 @@ def test_nt_xent_matches_numpy():
   sims = {j: u[0] @ u[j] / 0.3 for j in keep}
   np.testing.assert_allclose(masked[0], -sims[6] + np.log(sum(np.exp(v) for v in sims.values())),
                              rtol=1e-5)
+  # A batch that is mostly padding (the last eval batch): the valid rows' losses are those
+  # of the valid examples alone, the padding rows' are 0, never NaN (was: inf * 0).
+  valid = jnp.zeros(n).at[jnp.array([1, 4, 7, 10])].set(1)
+  masked, right = simclr.nt_xent(jnp.asarray(z), 0.3, valid)
+  alone, alone_right = simclr.nt_xent(jnp.asarray(z[[1, 4, 7, 10]]), 0.3)
+  np.testing.assert_allclose(masked[np.array([1, 4, 7, 10])], alone, rtol=1e-5)
+  np.testing.assert_array_equal(right[np.array([1, 4, 7, 10])], alone_right)
+  assert np.all(np.asarray(masked)[np.asarray(valid) == 0] == 0)
+  grad = jax.grad(lambda z: simclr.nt_xent(z, 0.3, valid)[0].sum())(jnp.asarray(z))
+  assert np.all(np.isfinite(grad))
 
 
 def test_ddpm_loss_and_schedules_match_numpy():

@@ -23,7 +23,8 @@ from train_lib.tasks.base import MEAN, ImageTask, mean
 
 def nt_xent(z_2BxP, temperature: float, valid_2B=None):
   """Per-row NT-Xent loss and whether the positive ranks first; rows i and i + B are the
-  two views of one example. Invalid rows (padding) are never candidates."""
+  two views of one example. Invalid rows (padding) are never candidates, and their own
+  loss and correctness are 0 (their positive is padding too: -inf, then inf * 0 = NaN)."""
   n = z_2BxP.shape[0]
   B = n // 2
   z = z_2BxP / jnp.maximum(jnp.linalg.norm(z_2BxP, axis=-1, keepdims=True), 1e-12)
@@ -36,6 +37,9 @@ def nt_xent(z_2BxP, temperature: float, valid_2B=None):
   pos_2B = jnp.take_along_axis(sim_2Bx2B, positive_2B[:, None], axis=1)[:, 0]
   loss_2B = jax.nn.logsumexp(sim_2Bx2B, axis=1) - pos_2B
   correct_2B = (jnp.argmax(sim_2Bx2B, axis=1) == positive_2B).astype(jnp.float32)
+  if valid_2B is not None:
+    loss_2B = jnp.where(valid_2B > 0, loss_2B, 0.0)
+    correct_2B = jnp.where(valid_2B > 0, correct_2B, 0.0)
   return loss_2B, correct_2B
 
 
@@ -102,9 +106,9 @@ class SimCLR(ImageTask):
     valid_2B = jnp.concatenate([valid_B, valid_B])
     loss_2B, correct_2B = nt_xent(apply(views), self.temperature, valid_2B)
     count = valid_2B.sum()
-    total = (loss_2B * valid_2B).sum()
+    total = loss_2B.sum()
     return total / jnp.maximum(count, 1.0), {
-        "loss": mean(total, count), "accuracy": mean((correct_2B * valid_2B).sum(), count)}
+        "loss": mean(total, count), "accuracy": mean(correct_2B.sum(), count)}
 
   @property
   def loss_floor(self) -> float:
