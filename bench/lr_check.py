@@ -13,10 +13,12 @@ For each config, at full size unless its spec says otherwise (`name:runlocal`):
    same number of steps (--steps, default: the config's train.num_steps times --scale) and
    the config's own optimizer and schedule (warmup kept, at most a fifth of the steps),
    seeds 0..--seeds-1, scored by the held-out loss at the end (mean over seeds; a run that
-   diverges scores infinity).
+   diverges scores infinity); the best of its five evaluations is shown beside it.
 Prints a markdown table per config and a summary: the suggestion's ratio to the grid's best
-learning rate and whether the run at the suggestion reaches a held-out loss within
---tolerance (relative) of the grid's best. Exits 1 unless every suggestion does.
+learning rate and whether the run at the suggestion trains well: a held-out loss within
+--tolerance (relative) of the grid's best, or, with 2 seeds or more, above it by less than
+two standard errors of the difference (seed noise: the runs cannot be told apart). Exits 1
+unless every suggestion trains well.
 
 --source_dir sets data.source_dir (the Fashion-MNIST IDX files) for configs that read it;
 --json writes everything, the range tests' curves included.
@@ -61,15 +63,28 @@ def load(spec: str, args, seed: int = 0):
   return config
 
 
+def per_config(value: str, spec: str):
+  """A flag that is N for every config or spec=N pairs: this spec's N, else None."""
+  for item in filter(None, value.split(",")):
+    key, sep, n = item.rpartition("=")
+    if not sep or key == spec:
+      return int(n)
+  return None
+
+
 def steps_for(spec: str, args) -> int:
   """--steps: N for every config, or spec=N pairs; else train.num_steps x --scale."""
-  for item in filter(None, args.steps.split(",")):
-    key, sep, value = item.rpartition("=")
-    if not sep:
-      return int(value)
-    if key == spec:
-      return int(value)
-  return max(1, round(load(spec, args).train.num_steps * args.scale))
+  steps = per_config(args.steps, spec)
+  return steps or max(1, round(load(spec, args).train.num_steps * args.scale))
+
+
+def standard_error(a: list, b: list) -> float:
+  """Of the difference of two means over seeds (0 with fewer than 2 seeds or a diverged
+  run: then only --tolerance decides)."""
+  if min(len(a), len(b)) < 2 or not all(map(math.isfinite, a + b)):
+    return 0.0
+  var = lambda x: sum((v - sum(x) / len(x)) ** 2 for v in x) / (len(x) - 1)
+  return math.sqrt(var(a) / len(a) + var(b) / len(b))
 
 
 def train(spec: str, args, lr: float, steps: int, seed: int, workdir: str) -> dict:
@@ -79,7 +94,7 @@ def train(spec: str, args, lr: float, steps: int, seed: int, workdir: str) -> di
   config.optim.warmup_steps = min(config.optim.warmup_steps, steps // 5)
   config.train.num_steps = steps
   config.train.log_every = max(1, steps // 5)
-  config.train.eval_every = 0          # held-out loss at the end only
+  config.train.eval_every = max(1, steps // 5)   # the best held-out loss of five evals too
   config.train.checkpoint_every = 0    # one checkpoint, at the end
   start = time.perf_counter()
   try:
@@ -88,12 +103,24 @@ def train(spec: str, args, lr: float, steps: int, seed: int, workdir: str) -> di
     writers.console(f"lr_check: {spec} at {lr:g} diverged: {e}")
     result = {"loss": math.inf}
   loss = result["loss"] if math.isfinite(result["loss"]) else math.inf
-  return {"loss": loss, "accuracy": result.get("accuracy"),
-          "seconds": time.perf_counter() - start}
+  return {"loss": loss, "best_loss": min([loss] + evals(workdir)),
+          "accuracy": result.get("accuracy"), "seconds": time.perf_counter() - start}
+
+
+def evals(workdir: str) -> list:
+  """The held-out losses of a run's evaluations (metrics.jsonl lines of an eval split)."""
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    lines = [json.loads(line) for line in f if line.strip()]
+  return [r["loss"] for r in lines
+          if r.get("split") not in (None, "train") and isinstance(r.get("loss"), float)
+          and math.isfinite(r["loss"])]
 
 
 def check(spec: str, args, grid, root: str) -> dict:
-  steps = steps_for(spec, args)
+  steps, seeds = steps_for(spec, args), per_config(args.seeds, spec) or 1
   start = time.perf_counter()
   found = lr_range.run(load(spec, args), os.path.join(root, "lr_range"))
   sweep_seconds = time.perf_counter() - start
@@ -106,19 +133,22 @@ def check(spec: str, args, grid, root: str) -> dict:
       rows.append({**same[0], "kind": kind})
       continue
     runs = [train(spec, args, lr, steps, seed, os.path.join(root, f"{kind}_{lr:g}_{seed}"))
-            for seed in range(args.seeds)]
+            for seed in range(seeds)]
     accuracies = [r["accuracy"] for r in runs if r["accuracy"] is not None]
     rows.append({"learning_rate": lr, "kind": kind,
                  "loss": sum(r["loss"] for r in runs) / len(runs),
                  "losses": [r["loss"] for r in runs],
+                 "best_loss": sum(r["best_loss"] for r in runs) / len(runs),
                  "accuracy": sum(accuracies) / len(accuracies) if accuracies else None,
                  "seconds": sum(r["seconds"] for r in runs)})
   best = min(rows[:-1], key=lambda r: r["loss"])
   mine = rows[-1]
   bound = best["loss"] * (1 + args.tolerance)
-  for r in rows:
-    r["best"], r["trains_well"] = r is best, r["loss"] <= bound
-  summary = {"config": spec, "steps": steps, "suggested": suggested,
+  for r in rows:   # within --tolerance, or not told apart from the best over seeds
+    r["best"] = r is best
+    r["trains_well"] = r["loss"] <= bound or (
+        r["loss"] - best["loss"] <= 2 * standard_error(r["losses"], best["losses"]))
+  summary = {"config": spec, "steps": steps, "seeds": seeds, "suggested": suggested,
              "lowest_loss_learning_rate": found["lowest_loss_learning_rate"],
              "best_learning_rate": best["learning_rate"], "best_loss": best["loss"],
              "suggested_loss": mine["loss"],
@@ -132,22 +162,23 @@ def check(spec: str, args, grid, root: str) -> dict:
 def print_config(spec, args, found, rows, summary):
   fmt = lambda v, f: "-" if v is None else "diverged" if v == math.inf else format(v, f)
   print(f"\n### {spec}: {summary['steps']} steps per run, held-out loss at the end, mean of "
-        f"{args.seeds} seed(s)\n\nrange test ({summary['sweep_seconds']:.0f} s): "
+        f"{summary['seeds']} seed(s)\n\nrange test ({summary['sweep_seconds']:.0f} s): "
         f"{found['reason']}\n")
   table = []
   for r in rows:
     marks = ["suggested" if r["kind"] == "suggested" else "",
              "best" if r["best"] else "trains well" if r["trains_well"] else ""]
-    table.append([f"{r['learning_rate']:g}", fmt(r["loss"], ".4f"),
+    table.append([f"{r['learning_rate']:g}", fmt(r["loss"], ".4f"), fmt(r["best_loss"], ".4f"),
                   " ".join(fmt(l, ".4f") for l in r["losses"]), fmt(r["accuracy"], ".3f"),
                   f"{r['seconds']:.0f}", ", ".join(filter(None, marks))])
-  print(writers.table(["learning rate", "held-out loss", "per seed", "held-out accuracy",
-                       "wall s", ""], table, markdown=True))
+  print(writers.table(["learning rate", "held-out loss", "best of 5 evals", "per seed",
+                       "held-out accuracy", "wall s", ""], table, markdown=True))
   print(f"\nsuggested {summary['suggested']:g}: {summary['ratio']:.1f}x from the grid's best "
         f"({summary['best_learning_rate']:g}); its held-out loss "
         f"{fmt(summary['suggested_loss'], '.4f')} is "
-        f"{'within' if summary['trains_well'] else 'not within'} {args.tolerance:.0%} of the "
-        f"best, {fmt(summary['best_loss'], '.4f')}", flush=True)
+        f"{'within' if summary['trains_well'] else 'not within'} {args.tolerance:.0%} (or 2 "
+        f"standard errors over seeds) of the best, {fmt(summary['best_loss'], '.4f')}",
+        flush=True)
 
 
 def read_curve(path: str) -> dict:
@@ -167,8 +198,8 @@ def finite(value):
 
 
 def print_summary(summaries, args):
-  print(f"\n### Summary: is the suggestion within {args.tolerance:.0%} of the grid's best "
-        "held-out loss?\n")
+  print(f"\n### Summary: is the suggestion within {args.tolerance:.0%} (or 2 standard errors "
+        "over seeds) of the grid's best held-out loss?\n")
   print(writers.table(
       ["config", "steps", "suggested", "lowest-loss lr", "grid's best lr", "ratio",
        "loss at suggested", "best loss", "trains well"],
@@ -186,7 +217,8 @@ def main():
   parser.add_argument("--scale", type=float, default=1.0,
                       help="steps = the config's train.num_steps x this, unless --steps names it")
   parser.add_argument("--grid", default=GRID, help="comma-separated learning rates")
-  parser.add_argument("--seeds", type=int, default=1)
+  parser.add_argument("--seeds", default="1",
+                      help="seeds per learning rate: N for all, or spec=N pairs (others: 1)")
   parser.add_argument("--tolerance", type=float, default=0.1,
                       help="trains well: held-out loss <= the grid's best x (1 + this)")
   parser.add_argument("--tfds_dir", default="")
