@@ -34,6 +34,7 @@ import importlib
 import json
 import math
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -83,8 +84,7 @@ def standard_error(a: list, b: list) -> float:
   run: then only --tolerance decides)."""
   if min(len(a), len(b)) < 2 or not all(map(math.isfinite, a + b)):
     return 0.0
-  var = lambda x: sum((v - sum(x) / len(x)) ** 2 for v in x) / (len(x) - 1)
-  return math.sqrt(var(a) / len(a) + var(b) / len(b))
+  return math.sqrt(statistics.variance(a) / len(a) + statistics.variance(b) / len(b))
 
 
 def train(spec: str, args, lr: float, steps: int, seed: int, workdir: str) -> dict:
@@ -103,20 +103,10 @@ def train(spec: str, args, lr: float, steps: int, seed: int, workdir: str) -> di
     writers.console(f"lr_check: {spec} at {lr:g} diverged: {e}")
     result = {"loss": math.inf}
   loss = result["loss"] if math.isfinite(result["loss"]) else math.inf
-  return {"loss": loss, "best_loss": min([loss] + evals(workdir)),
+  held_out = [v for split, curve in writers.read_curves(workdir).items() if split != "train"
+              for v in curve.values() if math.isfinite(v)]   # the five evals' losses
+  return {"loss": loss, "best_loss": min([loss] + held_out),
           "accuracy": result.get("accuracy"), "seconds": time.perf_counter() - start}
-
-
-def evals(workdir: str) -> list:
-  """The held-out losses of a run's evaluations (metrics.jsonl lines of an eval split)."""
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    lines = [json.loads(line) for line in f if line.strip()]
-  return [r["loss"] for r in lines
-          if r.get("split") not in (None, "train") and isinstance(r.get("loss"), float)
-          and math.isfinite(r["loss"])]
 
 
 def check(spec: str, args, grid, root: str) -> dict:
