@@ -8,8 +8,8 @@ Needs PyTorch with CUDA (not in requirements.txt: only the bench scripts use it)
 Whetstone's: the embedded Shakespeare corpus as bytes (vocabulary 256) with Whetstone's own
 train / validation split (input_pipeline/text.py), so both models see the same held-out text.
 
-The peer is nanoGPT's recipe unchanged, written here from its model.py and
-config/train_shakespeare_char.py: 6 layers, 6 heads, width 384, context 256, batch 64,
+The peer is nanoGPT's recipe unchanged: bench/torch_gpt2.py's GPT (nanoGPT's model.py) with
+config/train_shakespeare_char.py's settings: 6 layers, 6 heads, width 384, context 256, batch 64,
 dropout 0.2 (embeddings, attention probabilities, both residual branches), no biases, tied
 embeddings, exact GELU, N(0, 0.02) init with the residual projections at 0.02 / sqrt(2L);
 AdamW (lr 1e-3, betas 0.9 / 0.99, weight decay 0.1 on matrices, fused), 100 linear warmup
@@ -36,60 +36,17 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-
-class Block(nn.Module):
-
-  def __init__(self, d, heads, dropout):
-    super().__init__()
-    self.heads, self.dropout = heads, dropout
-    self.ln1 = nn.LayerNorm(d, bias=False)
-    self.qkv = nn.Linear(d, 3 * d, bias=False)
-    self.proj = nn.Linear(d, d, bias=False)
-    self.ln2 = nn.LayerNorm(d, bias=False)
-    self.up = nn.Linear(d, 4 * d, bias=False)
-    self.down = nn.Linear(4 * d, d, bias=False)
-    self.drop = nn.Dropout(dropout)
-
-  def forward(self, x):
-    B, T, D = x.shape
-    q, k, v = self.qkv(self.ln1(x)).split(D, dim=2)
-    q, k, v = (t.view(B, T, self.heads, D // self.heads).transpose(1, 2) for t in (q, k, v))
-    y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
-                                       dropout_p=self.dropout if self.training else 0.0)
-    x = x + self.drop(self.proj(y.transpose(1, 2).reshape(B, T, D)))
-    return x + self.drop(self.down(F.gelu(self.up(self.ln2(x)))))
+from bench.torch_gpt2 import GPT  # noqa: E402
 
 
-class GPT(nn.Module):
-
-  def __init__(self, vocab=256, layers=6, heads=6, d=384, max_len=256, dropout=0.2):
-    super().__init__()
-    self.tok = nn.Embedding(vocab, d)
-    self.pos = nn.Embedding(max_len, d)
-    self.drop = nn.Dropout(dropout)
-    self.blocks = nn.ModuleList(Block(d, heads, dropout) for _ in range(layers))
-    self.ln_f = nn.LayerNorm(d, bias=False)
-    self.head = nn.Linear(d, vocab, bias=False)
-    self.head.weight = self.tok.weight                       # tied
-    for name, p in self.named_parameters():
-      if p.dim() == 2:
-        std = 0.02 / math.sqrt(2 * layers) if name.endswith(("proj.weight", "down.weight")) \
-            else 0.02
-        nn.init.normal_(p, 0.0, std)
-
-  def forward(self, idx, targets):
-    x = self.drop(self.tok(idx) + self.pos(torch.arange(idx.shape[1], device=idx.device)))
-    for block in self.blocks:
-      x = block(x)
-    logits = self.head(self.ln_f(x)).float()
-    return F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1),
-                           reduction="none").view(targets.shape)
+def nanogpt_char():
+  """nanoGPT's train_shakespeare_char model on bytes: bench/torch_gpt2.py's GPT at 6 x 384,
+  context 256, dropout 0.2, exact GELU."""
+  return GPT(vocab=256, layers=6, heads=6, d=384, max_len=256, dropout=0.2, gelu="none")
 
 
 def splits():
@@ -115,7 +72,7 @@ def held_out_loss(model, tokens, T=256, batch=64):
       win = torch.from_numpy(np.where(valid, tokens[np.minimum(idx, n - 1)], 0).astype(np.int64))
       mask = torch.from_numpy(valid[:, 1:].astype(np.float32)).cuda()
       win = win.cuda()
-      loss = model(win[:, :-1], win[:, 1:])
+      loss = model(win[:, :-1], win[:, 1:], reduction="none").view(mask.shape)
       total += float((loss * mask).sum())
       count += int(mask.sum())
   model.train()
@@ -135,7 +92,7 @@ def peer(seed, steps, train, val, eval_every=250, eval_iters=200):
     return x.pin_memory().cuda(non_blocking=True), y.pin_memory().cuda(non_blocking=True)
 
   start = time.perf_counter()
-  model = GPT().cuda()
+  model = nanogpt_char().cuda()
   decay = [p for p in model.parameters() if p.dim() >= 2]
   no_decay = [p for p in model.parameters() if p.dim() < 2]
   opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
@@ -156,7 +113,7 @@ def peer(seed, steps, train, val, eval_every=250, eval_iters=200):
     out = {}
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
       for name, data in (("train", train_t), ("val", val_t)):
-        out[name] = float(torch.stack([fwd(*get_batch(data)).mean()
+        out[name] = float(torch.stack([fwd(*get_batch(data))
                                        for _ in range(eval_iters)]).mean())
     model.train()
     return out
@@ -171,7 +128,7 @@ def peer(seed, steps, train, val, eval_every=250, eval_iters=200):
     if it == steps:
       break
     with torch.autocast("cuda", dtype=torch.bfloat16):
-      loss = fwd(x, y).mean()
+      loss = fwd(x, y)
     x, y = get_batch(train_t)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

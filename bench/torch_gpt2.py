@@ -34,10 +34,13 @@ from bench import table  # noqa: E402
 
 
 class Block(nn.Module):
+  """dropout > 0 (bench/torch_char.py): on the attention probabilities and both residual
+  branches while training; gelu: "tanh" or "none" (exact, nanoGPT's)."""
 
-  def __init__(self, d, heads):
+  def __init__(self, d, heads, dropout=0.0, gelu="tanh"):
     super().__init__()
-    self.heads = heads
+    self.heads, self.dropout, self.gelu = heads, dropout, gelu
+    self.drop = nn.Dropout(dropout) if dropout else nn.Identity()
     self.ln1 = nn.LayerNorm(d, bias=False)
     self.qkv = nn.Linear(d, 3 * d, bias=False)
     self.proj = nn.Linear(d, d, bias=False)
@@ -49,18 +52,21 @@ class Block(nn.Module):
     B, T, D = x.shape
     q, k, v = self.qkv(self.ln1(x)).split(D, dim=2)
     q, k, v = (t.view(B, T, self.heads, D // self.heads).transpose(1, 2) for t in (q, k, v))
-    y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    x = x + self.proj(y.transpose(1, 2).reshape(B, T, D))
-    return x + self.down(F.gelu(self.up(self.ln2(x)), approximate="tanh"))
+    y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                       dropout_p=self.dropout if self.training else 0.0)
+    x = x + self.drop(self.proj(y.transpose(1, 2).reshape(B, T, D)))
+    return x + self.drop(self.down(F.gelu(self.up(self.ln2(x)), approximate=self.gelu)))
 
 
 class GPT(nn.Module):
 
-  def __init__(self, vocab=50304, layers=12, heads=12, d=768, max_len=1024):
+  def __init__(self, vocab=50304, layers=12, heads=12, d=768, max_len=1024, dropout=0.0,
+               gelu="tanh"):
     super().__init__()
     self.tok = nn.Embedding(vocab, d)
     self.pos = nn.Embedding(max_len, d)
-    self.blocks = nn.ModuleList(Block(d, heads) for _ in range(layers))
+    self.drop = nn.Dropout(dropout) if dropout else nn.Identity()
+    self.blocks = nn.ModuleList(Block(d, heads, dropout, gelu) for _ in range(layers))
     self.ln_f = nn.LayerNorm(d, bias=False)
     self.head = nn.Linear(d, vocab, bias=False)
     self.head.weight = self.tok.weight                       # tied
@@ -70,12 +76,13 @@ class GPT(nn.Module):
             else 0.02
         nn.init.normal_(p, 0.0, std)
 
-  def forward(self, idx, targets):
-    x = self.tok(idx) + self.pos(torch.arange(idx.shape[1], device=idx.device))
+  def forward(self, idx, targets, reduction="mean"):
+    x = self.drop(self.tok(idx) + self.pos(torch.arange(idx.shape[1], device=idx.device)))
     for block in self.blocks:
       x = block(x)
     logits = self.head(self.ln_f(x))
-    return F.cross_entropy(logits.view(-1, logits.shape[-1]).float(), targets.view(-1))
+    return F.cross_entropy(logits.view(-1, logits.shape[-1]).float(), targets.reshape(-1),
+                           reduction=reduction)
 
 
 def matmul_peak_tflops(n=8192, reps=20):
