@@ -136,8 +136,11 @@ def peer(seed, steps, train, val, eval_every=250, eval_iters=200):
     opt.zero_grad(set_to_none=True)
   torch.cuda.synchronize()
   wall = time.perf_counter() - start
-  return {"system": "nanoGPT recipe (PyTorch)", "seed": seed, "steps": steps,
-          "held_out_loss": held_out_loss(model, val), "wall_s": wall, "curve": curve}
+  row = {"system": "nanoGPT recipe (PyTorch)", "seed": seed, "steps": steps,
+         "held_out_loss": held_out_loss(model, val), "wall_s": wall, "curve": curve}
+  del model, fwd, opt
+  torch.cuda.empty_cache()   # the next Whetstone process preallocates most of the GPU
+  return row
 
 
 def whetstone(seed, steps, workdir):
