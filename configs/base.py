@@ -54,6 +54,10 @@ def get_config():
   config.data.random_crop = 0          # pad by this many pixels, then crop back; 0 = off
   config.data.random_flip = False      # horizontal flip
   config.data.worker_threads = 4       # grain threads, each preparing whole batches
+  config.data.worker_processes = 0     # jpeg: train batches in processes (0: the threads)
+  config.data.image_size = 224         # jpeg: the side of the crops
+  config.data.crop_scale = (0.08, 1.0)  # jpeg: random-resized crop's share of the area
+  config.data.eval_crop = 0.875        # jpeg: held-out centre crop, of the shorter side
   config.data.cache_mb = 4096          # hold a split in memory if it fits; 0 = never
   config.data.prefetch = 4             # batches prefetched by grain
   config.data.synthetic_shape = (8, 8, 1)

@@ -23,3 +23,14 @@ def tfds_dir(tmp_path_factory):
   path = str(tmp_path_factory.mktemp("tfds"))
   os.environ["TFDS_DATA_DIR"] = path
   return path
+
+
+@pytest.fixture(scope="session")
+def jpeg_dir(tmp_path_factory):
+  """A small JPEG records folder from Fashion-MNIST (tools/jpeg_records.py): 512 images a
+  split, 64x64 RGB."""
+  from tools import jpeg_records
+  path = str(tmp_path_factory.mktemp("jpeg"))
+  splits, classes = jpeg_records.fashion_mnist(FASHION_MNIST_DIR, 64, 3, 90, 512)
+  jpeg_records.write(path, splits, classes, 3, 256)
+  return path

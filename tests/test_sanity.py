@@ -56,8 +56,10 @@ def test_every_shipped_config_is_covered():
 
 
 @pytest.mark.parametrize("name", CONFIGS)
-def test_shipped_config_passes(name, tmp_path, tfds_dir, capsys):
+def test_shipped_config_passes(name, tmp_path, tfds_dir, capsys, request):
   config = small_config(name, tfds_dir)
+  if config.data.name == "jpeg":   # a records folder written by tools/jpeg_records.py
+    config.data.source_dir = request.getfixturevalue("jpeg_dir")
   if name == "default":  # data parallel over 4 x fsdp 2
     config.mesh.data, config.mesh.fsdp = 4, 2
   passed, checks, out = run_sanity(config, tmp_path, capsys, DEVICES.get(name, 1))
