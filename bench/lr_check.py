@@ -226,13 +226,13 @@ def main():
     for spec in args.configs.split(","):
       root = os.path.join(args.workdir or tmp, spec.replace(":", "_").replace("=", "_"))
       results.append(check(spec, args, grid, root))
+      if args.json:   # after every config: a call cut short keeps what it measured
+        writers.write_json(args.json, finite({"args": vars(args), "jax": jax.__version__,
+                                              "device": jax.devices()[0].device_kind,
+                                              "configs": results}), indent=1)
   summaries = [r["summary"] for r in results]
   print_summary(summaries, args)
   print(f"\nlr_check: {time.perf_counter() - start:.0f} s in all", flush=True)
-  if args.json:
-    writers.write_json(args.json, finite({"args": vars(args), "jax": jax.__version__,
-                                          "device": jax.devices()[0].device_kind,
-                                          "configs": results}), indent=1)
   sys.exit(0 if all(s["trains_well"] for s in summaries) else 1)
 
 
