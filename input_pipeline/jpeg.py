@@ -23,6 +23,7 @@ mp_prefetch), else in data.worker_threads threads; both are checkpointed with th
 """
 
 import functools
+import io
 import json
 import math
 import os
@@ -35,6 +36,7 @@ import grain
 import jax
 import numpy as np
 from array_record.python import array_record_module
+from PIL import Image
 
 from input_pipeline.base import Data, DataError, check_shard, epoch_positions, register
 
@@ -119,9 +121,10 @@ class Batches:
   """Reads and transforms whole batches of one split. Picklable and free of jax device
   state (it runs in grain's worker processes); opens its shards on first use."""
 
-  def __init__(self, paths, count, *, seed, size, channels, scale, eval_crop, flip,
-               global_batch, local_batch, process_index, mean=0.0, std=1.0):
-    self.paths, self.count, self.seed, self.size, self.channels = paths, count, seed, size, channels
+  def __init__(self, paths, count, *, num_classes, seed, size, channels, scale, eval_crop,
+               flip, global_batch, local_batch, process_index, mean=0.0, std=1.0):
+    self.paths, self.count, self.num_classes = paths, count, num_classes
+    self.seed, self.size, self.channels = seed, size, channels
     self.scale, self.eval_crop, self.flip = tuple(scale), eval_crop, flip
     self.global_batch, self.local_batch, self.process_index = global_batch, local_batch, process_index
     self.mean, self.std = np.float32(mean), np.float32(std)
@@ -139,10 +142,11 @@ class Batches:
   def image(self, index: int, rng=None) -> tuple:
     """(label, uint8 [size, size, channels]) of record `index`; rng: train augmentation,
     else the held-out centre crop."""
-    from PIL import Image
-    import io
     record = self.source[int(index)]
     label = struct.unpack("<i", record[:4])[0]
+    if not 0 <= label < self.num_classes:
+      raise DataError(f"record {index} of {self.paths} has label {label}, outside 0.."
+                      f"{self.num_classes - 1}; write the folder again with tools/jpeg_records.py")
     mode = "RGB" if self.channels == 3 else "L"
     try:
       img = Image.open(io.BytesIO(record[4:]))
@@ -163,7 +167,7 @@ class Batches:
       pixels = pixels[:, ::-1]
     return label, pixels
 
-  def _stack(self, indices, rngs, valid=None) -> dict:
+  def _stack(self, indices, rngs) -> dict:
     images = np.empty((len(indices), self.size, self.size, self.channels), np.float32)
     labels = np.empty(len(indices), np.int32)
     for r, (i, rng) in enumerate(zip(indices, rngs)):
@@ -256,7 +260,7 @@ class JpegData(Data):
       raise DataError(f"data.crop_scale={scale} must be (low, high) with 0 < low <= high <= 1")
     if not 0 < config.eval_crop <= 1 or config.image_size < 1:
       raise DataError("data.eval_crop must be in (0, 1] and data.image_size >= 1")
-    common = dict(seed=seed, size=config.image_size, channels=channels, scale=scale,
+    common = dict(num_classes=self.num_classes, seed=seed, size=config.image_size, channels=channels, scale=scale,
                   eval_crop=config.eval_crop, flip=config.random_flip,
                   global_batch=config.batch_size, local_batch=self.local_batch,
                   process_index=jax.process_index())

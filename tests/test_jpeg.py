@@ -124,7 +124,7 @@ def test_scaled_decoding_matches_a_full_decode():
   """The DCT-scaled decode (draft) crops the same region as decoding every pixel."""
   yy, xx = np.mgrid[0:320, 0:480]
   pixels = np.stack([xx * 255 // 479, yy * 255 // 319, (xx + yy) % 256], -1).astype(np.uint8)
-  batches = jpeg.Batches([], 1, seed=0, size=32, channels=3, scale=(0.05, 0.3),
+  batches = jpeg.Batches([], 1, num_classes=10, seed=0, size=32, channels=3, scale=(0.05, 0.3),
                          eval_crop=0.875, flip=False, global_batch=1, local_batch=1,
                          process_index=0)
   record = jpeg.encode(3, jpeg_bytes(pixels))
@@ -174,6 +174,11 @@ def test_bad_folders_fail_with_one_line(flat_dir, tmp_path):
                      ["a", "b"], 3, 256)
   message = error(png)
   assert "record 0 of" in message and "does not decode as a JPEG" in message
+  label = str(tmp_path / "label")   # a label outside the classes records.json names
+  jpeg_records.write(label, {"train": [(2, jpeg_bytes(np.zeros((9, 9, 3), np.uint8)))],
+                             "test": [(0, jpeg_bytes(np.zeros((9, 9, 3), np.uint8)))]},
+                     ["a", "b"], 3, 256)
+  assert "record 0 of" in error(label) and "has label 2, outside 0..1" in error(label)
 
 
 def test_image_folder_layout_is_converted(tmp_path):
