@@ -84,7 +84,10 @@ def split_paths(folder: str, info: dict, split: str) -> tuple:
                       "plain file in the folder; write the folder again")
     check_shard(path, f"jpeg records {folder}")
     paths.append(path)
-  count = sum(array_record_module.ArrayRecordReader(p).num_records() for p in paths)
+  readers = [array_record_module.ArrayRecordReader(p) for p in paths]
+  count = sum(r.num_records() for r in readers)
+  for r in readers:
+    r.close()
   if count != splits[split]["examples"] or count == 0:
     raise DataError(f"split {split!r} in {folder} holds {count} records where {INFO} says "
                     f"{splits[split]['examples']}; write the folder again")
@@ -260,17 +263,17 @@ class JpegData(Data):
       raise DataError(f"data.crop_scale={scale} must be (low, high) with 0 < low <= high <= 1")
     if not 0 < config.eval_crop <= 1 or config.image_size < 1:
       raise DataError("data.eval_crop must be in (0, 1] and data.image_size >= 1")
-    common = dict(num_classes=self.num_classes, seed=seed, size=config.image_size, channels=channels, scale=scale,
-                  eval_crop=config.eval_crop, flip=config.random_flip,
-                  global_batch=config.batch_size, local_batch=self.local_batch,
-                  process_index=jax.process_index())
-    train = split_paths(folder, info, config.train_split)
-    held_out = split_paths(folder, info, config.eval_split)
-    self.num_train, self.num_eval = train[1], held_out[1]
+    common = dict(num_classes=self.num_classes, seed=seed, size=config.image_size,
+                  channels=channels, scale=scale, eval_crop=config.eval_crop,
+                  flip=config.random_flip, global_batch=config.batch_size,
+                  local_batch=self.local_batch, process_index=jax.process_index())
+    self.train_reader = Batches(*split_paths(folder, info, config.train_split), **common)
+    mean, std = self._statistics(self.train_reader)
+    self.train_reader.mean, self.train_reader.std = mean, std
+    self.eval_reader = Batches(*split_paths(folder, info, config.eval_split), **common,
+                               mean=mean, std=std)
+    self.num_train, self.num_eval = self.train_reader.count, self.eval_reader.count
     self.example_shape = (config.image_size, config.image_size, channels)
-    mean, std = self._statistics(Batches(*train, **common))
-    self.train_reader = Batches(*train, **common, mean=mean, std=std)
-    self.eval_reader = Batches(*held_out, **common, mean=mean, std=std)
     self.start()
 
   @staticmethod

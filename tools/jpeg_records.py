@@ -50,15 +50,12 @@ def fashion_mnist(source_dir, size, channels, quality, limit):
 
 def image_folder(folder, channels, quality, limit):
   """{split: iterator of (label, jpeg bytes)} of FOLDER/SPLIT/CLASS/IMAGE, and the classes."""
-  splits = sorted(d for d in os.listdir(folder) if _real_dir(os.path.join(folder, d)))
+  splits = _subfolders(folder)
   if not splits:
     raise SystemExit(f"{folder} has no split folders; expected FOLDER/SPLIT/CLASS/IMAGE")
-  classes = sorted(d for d in os.listdir(os.path.join(folder, splits[0]))
-                   if _real_dir(os.path.join(folder, splits[0], d)))
+  classes = _subfolders(os.path.join(folder, splits[0]))
   for split in splits[1:]:
-    other = sorted(d for d in os.listdir(os.path.join(folder, split))
-                   if _real_dir(os.path.join(folder, split, d)))
-    if other != classes:
+    if _subfolders(os.path.join(folder, split)) != classes:
       raise SystemExit(f"{os.path.join(folder, split)} has other classes than "
                        f"{os.path.join(folder, splits[0])}; every split needs the same")
 
@@ -84,8 +81,10 @@ def image_folder(folder, channels, quality, limit):
   return {split: examples(split) for split in splits}, classes
 
 
-def _real_dir(path):
-  return os.path.isdir(path) and not os.path.islink(path)
+def _subfolders(path):
+  """The sorted names of the folders in `path` that are not links."""
+  return sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d))
+                and not os.path.islink(os.path.join(path, d)))
 
 
 def write(out, splits, classes, channels, shard_mb):
