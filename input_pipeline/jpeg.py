@@ -16,8 +16,10 @@ aspect ratio 3/4..4/3, torchvision's ten tries then a centre crop) to data.image
 horizontal flip when data.random_flip. Held-out images: the centre crop of fraction
 data.eval_crop, resized to image_size (224 from 256). JPEG's DCT scaling decodes at 1/2,
 1/4 or 1/8 size when the crop allows. Every random draw comes from (seed, global batch,
-row), so the batches are the same for any number of workers or processes; they are
-normalised by per-channel statistics of a fixed sample of training images.
+row), so the batches are the same for any number of workers or processes. Train batches
+travel as uint8 pixels (a quarter of float32's bytes through shared memory and to the
+device) and are normalised on the device, by per-channel statistics of a fixed sample of
+training images; train_batch / eval_batch give the same float32 values on the host.
 data.worker_processes > 0 prepares train batches in that many processes (grain's
 mp_prefetch), else in data.worker_threads threads; both are checkpointed with the run.
 """
@@ -34,6 +36,7 @@ import time
 
 import grain
 import jax
+import jax.numpy as jnp
 import numpy as np
 from array_record.python import array_record_module
 from PIL import Image
@@ -125,12 +128,11 @@ class Batches:
   state (it runs in grain's worker processes); opens its shards on first use."""
 
   def __init__(self, paths, count, *, num_classes, seed, size, channels, scale, eval_crop,
-               flip, global_batch, local_batch, process_index, mean=0.0, std=1.0):
+               flip, global_batch, local_batch, process_index):
     self.paths, self.count, self.num_classes = paths, count, num_classes
     self.seed, self.size, self.channels = seed, size, channels
     self.scale, self.eval_crop, self.flip = tuple(scale), eval_crop, flip
     self.global_batch, self.local_batch, self.process_index = global_batch, local_batch, process_index
-    self.mean, self.std = np.float32(mean), np.float32(std)
     self._source, self._orders = None, {}
 
   def __getstate__(self):
@@ -171,15 +173,15 @@ class Batches:
     return label, pixels
 
   def _stack(self, indices, rngs) -> dict:
-    images = np.empty((len(indices), self.size, self.size, self.channels), np.float32)
+    images = np.empty((len(indices), self.size, self.size, self.channels), np.uint8)
     labels = np.empty(len(indices), np.int32)
     for r, (i, rng) in enumerate(zip(indices, rngs)):
-      labels[r], pixels = self.image(i, rng)
-      images[r] = (pixels - self.mean) / self.std
+      labels[r], images[r] = self.image(i, rng)
     return {"image": images, "label": labels}
 
   def train(self, j: int) -> dict:
-    """This process's rows of global batch j: a seeded permutation per epoch."""
+    """This process's rows of global batch j (uint8 pixels): a seeded permutation per
+    epoch."""
     first = j * self.global_batch + self.process_index * self.local_batch
     rows = np.arange(first, first + self.local_batch)
     indices = epoch_positions(self.seed, rows, self.count, self._orders)
@@ -190,8 +192,8 @@ class Batches:
   __call__ = train
 
   def ordered(self, j: int, count: int, eval_batch: int, local_eval_batch: int) -> dict:
-    """Batch j of the split in stored order, centre-cropped; rows past `count` are padding
-    (mask 0)."""
+    """Batch j of the split in stored order, centre-cropped (uint8 pixels); rows past
+    `count` are padding (mask 0)."""
     first = j * eval_batch + self.process_index * local_eval_batch
     positions = np.arange(first, first + local_eval_batch)
     valid = positions < count
@@ -268,10 +270,11 @@ class JpegData(Data):
                   flip=config.random_flip, global_batch=config.batch_size,
                   local_batch=self.local_batch, process_index=jax.process_index())
     self.train_reader = Batches(*split_paths(folder, info, config.train_split), **common)
-    mean, std = self._statistics(self.train_reader)
-    self.train_reader.mean, self.train_reader.std = mean, std
-    self.eval_reader = Batches(*split_paths(folder, info, config.eval_split), **common,
-                               mean=mean, std=std)
+    self.eval_reader = Batches(*split_paths(folder, info, config.eval_split), **common)
+    self.mean, self.std = self._statistics(self.train_reader)
+    inverse = np.float32(1) / self.std   # a product by constants: the same bits on the host
+    self._host_normalise = lambda x: (x.astype(np.float32) - self.mean) * inverse
+    self._device_normalise = jax.jit(lambda x: (x.astype(jnp.float32) - self.mean) * inverse)
     self.num_train, self.num_eval = self.train_reader.count, self.eval_reader.count
     self.example_shape = (config.image_size, config.image_size, channels)
     self.start()
@@ -283,7 +286,7 @@ class JpegData(Data):
     step = max(1, reader.count // num)
     pixels = np.stack([reader.image(i)[1] for i in range(0, reader.count, step)[:num]])
     pixels = pixels.astype(np.float32)
-    return pixels.mean((0, 1, 2)), pixels.std((0, 1, 2)) + 1e-6
+    return pixels.mean((0, 1, 2)), pixels.std((0, 1, 2)) + np.float32(1e-6)
 
   def start(self):
     self.train_iter = Position(self._batches_from)
@@ -304,13 +307,23 @@ class JpegData(Data):
                                          per_worker_buffer_size=max(1, self.config.prefetch)),
             worker_init_fn=functools.partial(_die_with, os.getpid())))
 
+  def to_global(self, local_batch, sharding=None):
+    """The train stream's uint8 pixels are normalised here, on the device."""
+    batch = super().to_global(local_batch, sharding)
+    if batch["image"].dtype == jnp.uint8:
+      batch["image"] = self._device_normalise(batch["image"])
+    return batch
+
+  def _host(self, batch: dict) -> dict:
+    return {**batch, "image": self._host_normalise(batch["image"])}
+
   def train_batch(self, j: int) -> dict:
-    return self.train_reader.train(j)
+    return self._host(self.train_reader.train(j))
 
   def eval_batch(self, j: int, count: int = 0) -> dict:
-    return self.eval_reader.ordered(j, count or self.num_eval, self.config.eval_batch_size,
-                                    self.local_eval_batch)
+    return self._host(self.eval_reader.ordered(j, count or self.num_eval,
+                                               self.config.eval_batch_size, self.local_eval_batch))
 
   def ordered_train_batch(self, j: int, count: int = 0) -> dict:
-    return self.train_reader.ordered(j, count or self.num_train, self.config.eval_batch_size,
-                                     self.local_eval_batch)
+    return self._host(self.train_reader.ordered(j, count or self.num_train,
+                                                self.config.eval_batch_size, self.local_eval_batch))

@@ -93,16 +93,28 @@ def test_every_held_out_image_once_with_its_label(flat_dir):
     batch = jax.device_get(batch)
     keep = batch["mask"] > 0
     labels += list(batch["label"][keep])
-    pixels = batch["image"][keep] * data.eval_reader.std + data.eval_reader.mean
+    pixels = batch["image"][keep] * data.std + data.mean
     greys += list(pixels.mean((1, 2, 3)))
   assert len(labels) == 70
   written = [k for k, _ in flat_examples(70, seed=1)]
   assert sorted(labels) == sorted(written)
   np.testing.assert_allclose(greys, [GREYS[k] for k in labels], atol=3)   # image <-> label
   train = jax.device_get(data.next_train())
-  pixels = train["image"] * data.train_reader.std + data.train_reader.mean
+  pixels = train["image"] * data.std + data.mean
   np.testing.assert_allclose(pixels.mean((1, 2, 3)), [GREYS[k] for k in train["label"]],
                              atol=3)
+
+
+def test_train_pixels_travel_as_uint8_and_are_normalised_on_the_device(flat_dir):
+  data = build(data_config(flat_dir))
+  wire = next(data.train_iter)   # what worker processes send: a quarter of float32's bytes
+  assert wire["image"].dtype == np.uint8 and wire["image"].shape == (8, 24, 24, 3)
+  on_device = jax.device_get(data.to_global(wire))["image"]
+  assert on_device.dtype == np.float32
+  np.testing.assert_array_equal(on_device, data.train_batch(0)["image"])   # the same bits
+  np.testing.assert_array_equal(jax.device_get(data.next_train())["image"],
+                                data.train_batch(1)["image"])
+  assert data.eval_batch(0)["image"].dtype == np.float32
 
 
 @pytest.mark.parametrize("width, height", [(256, 256), (500, 100), (60, 400), (7, 5)])
@@ -196,7 +208,7 @@ def test_image_folder_layout_is_converted(tmp_path):
   jpeg_records.write(str(tmp_path / "out"), splits, classes, 3, 256)
   data = build(data_config(str(tmp_path / "out"), eval_split="val", eval_batch_size=4))
   batch = jax.device_get(next(data.eval_batches()))
-  pixels = batch["image"] * data.eval_reader.std + data.eval_reader.mean
+  pixels = batch["image"] * data.std + data.mean
   np.testing.assert_allclose(pixels.mean((1, 2, 3)), [GREYS[k] for k in batch["label"]], atol=3)
   os.makedirs(root / "val" / "bird")
   with pytest.raises(SystemExit, match="other classes"):
