@@ -200,7 +200,7 @@ def get_config():
   config.init_from = ""
   config.init_skip = ()                # parameter paths kept at their fresh init ("head",)
 
-  config.dtype = "float32"             # compute dtype: float32 | bfloat16 (params stay float32)
+  config.dtype = "float32"             # float32 | bfloat16 | fp8 (bf16 + fp8 matmuls); params float32
   return config
 
 

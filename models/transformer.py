@@ -24,6 +24,7 @@ import numpy as np
 from models import register
 from models.layers import kernels
 from models.layers.attention import Attention
+from models.layers.fp8 import COLLECTION as FP8_COLLECTION
 from models.layers.head_loss import fused_head_loss, lookup
 from models.layers.mlp import FeedForward
 from models.layers.named import named
@@ -95,6 +96,7 @@ class Block(nn.Module):
   train: bool
   decode: bool
   dtype: Any
+  fp8: bool = False
 
   @nn.compact
   def __call__(self, carry, positions_BxT, mask_BxT=None):
@@ -109,9 +111,9 @@ class Block(nn.Module):
                      implementation=self.attention_impl, use_bias=self.use_bias,
                      max_len=self.max_len, causal=self.causal, dropout=self.attention_dropout,
                      deterministic=not self.train, dtype=self.dtype,
-                     kernel_init=init, out_init=out_init, name="attn")
+                     kernel_init=init, out_init=out_init, fp8=self.fp8, name="attn")
     mlp = FeedForward(self.mlp_dim, self.activation, self.use_bias, self.dtype, init, out_init,
-                      name="mlp")
+                      fp8=self.fp8, name="mlp")
 
     if self.pre_norm:
       x_BxTxD, h = add_and_norm(norm("attn_norm"), x_BxTxD, delta_BxTxD)
@@ -156,6 +158,7 @@ class Transformer(nn.Module):
   loss_chunk: int = 0              # positions per fused head+loss chunk; 0 = whole logits
   causal: bool = True              # False: bidirectional attention (an encoder)
   dtype: Any = jnp.float32
+  fp8: bool = False                # attention and MLP matmuls in fp8 (config.dtype="fp8")
   num_classes: Optional[int] = None  # unused; accepted so image-style callers fail clearly
 
   def _check(self):
@@ -201,13 +204,13 @@ class Transformer(nn.Module):
         attention_impl=self.attention_impl, use_bias=self.use_bias, dropout=self.dropout,
         attention_dropout=self.attention_dropout, max_len=self.max_len,
         residual_std=residual_std, causal=self.causal, train=train,
-        decode=decode, dtype=self.dtype)
+        decode=decode, dtype=self.dtype, fp8=self.fp8)
     block = Block
     if REMAT[self.remat] is not None and not decode:
       block = nn.remat(Block, policy=REMAT[self.remat], prevent_cse=not self.scan_layers)
     carry = (x_BxTxD, jnp.zeros_like(x_BxTxD))
     if self.scan_layers:
-      carry, _ = nn.scan(block, variable_axes={"params": 0, "cache": 0},
+      carry, _ = nn.scan(block, variable_axes={"params": 0, "cache": 0, FP8_COLLECTION: 0},
                          split_rngs={"params": True, "dropout": True},
                          in_axes=(nn.broadcast, nn.broadcast), length=self.num_layers,
                          metadata_params={nn.PARTITION_NAME: "layers"})(

@@ -23,7 +23,8 @@ from train_lib import chips, optim, partitioning, state as state_lib, tasks, wri
 from train_lib.errors import UserError
 from train_lib.tasks.base import Task
 
-DTYPES = {"float32": "float32", "bfloat16": "bfloat16"}
+# config.dtype -> compute dtype; "fp8": bfloat16 with fp8 matmuls where the model offers them
+DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "fp8": "bfloat16"}
 
 
 @dataclasses.dataclass
@@ -53,6 +54,8 @@ def build(config, devices=None) -> Setup:
     raise UserError(f"train.num_steps={config.train.num_steps} must be positive")
   if config.optim.grad_accum_steps < 1:
     raise UserError(f"optim.grad_accum_steps={config.optim.grad_accum_steps} must be >= 1")
+  if config.dtype == "fp8":
+    check_fp8(config.model.name, devices)
   mesh = partitioning.make_mesh(config.mesh, devices)
   partitioning.check_batch(config.data.batch_size, mesh, "batch_size")
   partitioning.check_batch(config.data.eval_batch_size, mesh, "eval_batch_size")
@@ -68,7 +71,8 @@ def build(config, devices=None) -> Setup:
   except input_pipeline.DataError as e:
     raise UserError(str(e)) from None
   try:
-    extra = {"num_classes": data.num_classes, "dtype": getattr(jax.numpy, DTYPES[config.dtype])}
+    extra = {"num_classes": data.num_classes, "dtype": getattr(jax.numpy, DTYPES[config.dtype]),
+             "fp8": config.dtype == "fp8"}
     if config.model.get("vocab_size", None) == 0 and data.vocab_size:
       extra["vocab_size"] = data.vocab_size   # model.vocab_size=0: the data's (its tokenizer's)
     model = models.build(config.model, **extra)
@@ -89,6 +93,19 @@ def build(config, devices=None) -> Setup:
   rules = partitioning.check_rules(config.mesh.rules, mesh)
   return Setup(mesh, data, model, task, tx, schedule, nn.meta.unbox(boxed),
                partitioning.state_sharding(mesh, boxed, rules), dummy, rules, config.seed)
+
+
+def check_fp8(model_name: str, devices=None):
+  """dtype=fp8 needs a model with fp8 matmuls and, on a GPU, one with fp8 units (compute
+  capability 8.9: Ada, Hopper and later); the CPU emulates them (tests)."""
+  if "fp8" not in models.fields(models.resolve(model_name)):
+    raise UserError(f"dtype=fp8: model {model_name!r} has no fp8 matmuls (a model declares "
+                    "`fp8: bool`, as models/transformer.py does); use dtype=bfloat16")
+  device = (devices or jax.devices())[0]
+  capability = getattr(device, "compute_capability", None)
+  if device.platform == "gpu" and capability and tuple(map(int, capability.split("."))) < (8, 9):
+    raise UserError(f"dtype=fp8: {device.device_kind} (compute capability {capability}) has no "
+                    "fp8 matmuls (8.9 or later: Ada, Hopper); use dtype=bfloat16")
 
 
 # (section.field, the smallest value allowed, what the value means); each an integer

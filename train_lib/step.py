@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from models.layers.fp8 import COLLECTION as SCALES, MAX_DTYPE
 from train_lib import metrics as metrics_lib, optim, tasks
 
 
@@ -45,9 +46,16 @@ def loss_and_stats(model, task, params, model_state, batch, key, train: bool, gr
   return loss, (new_model_state(), stats)
 
 
-def _group_loss(model, task, group, params, group_params, model_state, batch, key):
+def _group_loss(model, task, group, params, group_params, scales, model_state, batch, key):
   full = group_params if group is None else {**params, group: group_params}
-  return loss_and_stats(model, task, full, model_state, batch, key, True, group)
+  if scales is not None:   # as MAX_DTYPE: several uses of one scale combine by max, not sum
+    to_max = lambda x: jax.lax.convert_element_type(x, MAX_DTYPE)
+    model_state = {**model_state, SCALES: jax.tree.map(to_max, scales)}
+  loss, (new_state, stats) = loss_and_stats(model, task, full, model_state, batch, key, True,
+                                            group)
+  if scales is not None:
+    new_state = {k: v for k, v in new_state.items() if k != SCALES}
+  return loss, (new_state, stats)
 
 
 def _split_microbatches(batch, k: int):
@@ -74,30 +82,36 @@ def rms_instruments(name: str, tree) -> dict:
 
 def gradients(model, task, group, params, model_state, batch, state_rng, step,
               accum_steps: int, group_index: int = 0):
-  """(mean gradient of the group's parameters over the micro-batches, model state, stats)."""
+  """(mean gradient of the group's parameters over the micro-batches, model state, stats).
+  fp8 scales (models/layers/fp8.py) are differentiated too: their "gradient" is their next
+  value (the max over micro-batches), written back into the model state, never trained."""
   sub = params if group is None else params[group]
+  scales = model_state.get(SCALES)
+  rest = {k: v for k, v in model_state.items() if k != SCALES}
   grad_fn = jax.value_and_grad(
-      functools.partial(_group_loss, model, task, group, params), has_aux=True)
+      functools.partial(_group_loss, model, task, group, params), argnums=(0, 1), has_aux=True)
   key = lambda i: step_key(state_rng, step, i, group_index)
+  with_scales = lambda state, new: state if new is None else {**state, SCALES: new}
   if accum_steps == 1:
-    (_, (model_state, stats)), grads = grad_fn(sub, model_state, batch, key(0))
-    return grads, model_state, stats
+    (_, (rest, stats)), (grads, new_scales) = grad_fn(sub, scales, rest, batch, key(0))
+    return grads, with_scales(rest, new_scales), stats
 
   def micro(carry, xs):
-    grads_acc, model_state, stats_acc = carry
+    grads_acc, scales_acc, rest, stats_acc = carry
     i, mb = xs
-    (_, (model_state, stats)), g = grad_fn(sub, model_state, mb, key(i))
-    return (jax.tree.map(jnp.add, grads_acc, g), model_state,
-            metrics_lib.combine(kinds, stats_acc, stats)), None
+    (_, (rest, stats)), (g, s) = grad_fn(sub, scales, rest, mb, key(i))
+    return (jax.tree.map(jnp.add, grads_acc, g), jax.tree.map(jnp.maximum, scales_acc, s),
+            rest, metrics_lib.combine(kinds, stats_acc, stats)), None
   micro_batches = _split_microbatches(batch, accum_steps)
   first = jax.tree.map(lambda x: x[0], micro_batches)
-  shapes = jax.eval_shape(grad_fn, sub, model_state, first, key(0))[0][1][1]
+  shapes = jax.eval_shape(grad_fn, sub, scales, rest, first, key(0))[0][1][1]
   kinds = {k: task.metrics[k] for k in shapes}
   zeros = jax.tree.map(jnp.zeros_like, sub)
-  (grads, model_state, stats), _ = jax.lax.scan(
-      micro, (zeros, model_state, metrics_lib.zeros(kinds)),
+  lowest = jax.tree.map(lambda x: jnp.full_like(x, -jnp.inf), scales)
+  (grads, new_scales, rest, stats), _ = jax.lax.scan(
+      micro, (zeros, lowest, rest, metrics_lib.zeros(kinds)),
       (jnp.arange(accum_steps), micro_batches))
-  return jax.tree.map(lambda g: g / accum_steps, grads), model_state, stats
+  return (jax.tree.map(lambda g: g / accum_steps, grads), with_scales(rest, new_scales), stats)
 
 
 def _learning_rates(schedule, step) -> dict:

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from models.layers import kernels
+from models.layers.fp8 import FP8_EINSUM
 from models.layers.named import named
 
 IMPLEMENTATIONS = ("auto", "cudnn", "xla")
@@ -67,11 +68,13 @@ class Projection(nn.Module):
   kernel_init: Callable
   use_bias: bool
   dtype: Any
+  fp8: bool = False
 
   @nn.compact
   def __call__(self, x):
     kernel = self.param("kernel", named(self.kernel_init, *self.names), self.kernel_shape)
-    y = jnp.einsum(self.equation, x.astype(self.dtype), kernel.astype(self.dtype))
+    einsum = FP8_EINSUM(name="fp8") if self.fp8 else jnp.einsum
+    y = einsum(self.equation, x.astype(self.dtype), kernel.astype(self.dtype))
     if self.use_bias:
       inputs, out = self.equation.split("->")
       k = inputs.split(",")[1]
@@ -95,6 +98,7 @@ class Attention(nn.Module):
   dtype: Any = jnp.float32
   kernel_init: Callable = nn.initializers.normal(0.02)
   out_init: Callable = nn.initializers.normal(0.02)
+  fp8: bool = False                # fp8 projections with delayed scaling (models/layers/fp8.py)
 
   @nn.compact
   def __call__(self, x_BxTxD, positions_BxT, *, decode: bool = False, kv_lengths_B=None,
@@ -105,7 +109,7 @@ class Attention(nn.Module):
     D = x_BxTxD.shape[-1]
     dense = lambda heads, axis, name: Projection(
         "btd,dnh->btnh", (D, heads, self.head_dim), ("embed", axis, "head_dim"),
-        self.kernel_init, self.use_bias, self.dtype, name=name)
+        self.kernel_init, self.use_bias, self.dtype, self.fp8, name=name)
     q_BxTxNxH = dense(self.num_heads, "heads", "query")(x_BxTxD)
     k_BxTxKxH = dense(self.num_kv_heads, "kv_heads", "key")(x_BxTxD)
     v_BxTxKxH = dense(self.num_kv_heads, "kv_heads", "value")(x_BxTxD)
@@ -137,7 +141,7 @@ class Attention(nn.Module):
             key_value_seq_lengths=kv_lengths_B, implementation=impl)
     return Projection("btnh,nhd->btd", (self.num_heads, self.head_dim, D),
                       ("heads", "head_dim", "embed"), self.out_init, self.use_bias, self.dtype,
-                      name="out")(out_BxTxNxH)
+                      self.fp8, name="out")(out_BxTxNxH)
 
   def _attend_dropout(self, q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, bias, mask, kv_lengths_B):
     """jax.nn.dot_product_attention's XLA computation (float32 logits and softmax, probabilities

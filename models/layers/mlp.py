@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from models.layers.fp8 import FP8_DOT_GENERAL
 from models.layers.named import named
 
 _C = math.sqrt(2 / math.pi)
@@ -62,13 +63,15 @@ class FeedForward(nn.Module):
   dtype: Any = jnp.float32
   kernel_init: Callable = nn.initializers.normal(0.02)
   out_init: Callable = nn.initializers.normal(0.02)
+  fp8: bool = False                # fp8 matmuls with delayed scaling (models/layers/fp8.py)
 
   @nn.compact
   def __call__(self, x_BxTxD):
     if self.activation not in ACTIVATIONS:
       raise ValueError(f"activation {self.activation!r} unknown; use one of {sorted(ACTIVATIONS)}")
     dense = lambda n, init, names, name: nn.Dense(
-        n, use_bias=self.use_bias, dtype=self.dtype, kernel_init=named(init, *names), name=name)
+        n, use_bias=self.use_bias, dtype=self.dtype, kernel_init=named(init, *names), name=name,
+        dot_general_cls=FP8_DOT_GENERAL if self.fp8 else None)
     up = ("embed", "mlp")
     h_BxTxF = ACTIVATIONS[self.activation](dense(self.hidden, self.kernel_init, up, "wi")(x_BxTxD))
     if self.activation in GATED:
