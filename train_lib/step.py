@@ -46,16 +46,23 @@ def loss_and_stats(model, task, params, model_state, batch, key, train: bool, gr
   return loss, (new_model_state(), stats)
 
 
-def _group_loss(model, task, group, params, group_params, scales, model_state, batch, key):
+def _group_loss(model, task, group, params, group_params, model_state, batch, key):
   full = group_params if group is None else {**params, group: group_params}
-  if scales is not None:   # as MAX_DTYPE: several uses of one scale combine by max, not sum
+  return loss_and_stats(model, task, full, model_state, batch, key, True, group)
+
+
+def _with_scales(loss_fn):
+  """loss_fn(sub, model_state, batch, key) as fn(sub, scales, the rest of the model state,
+  batch, key), for differentiating fp8 scales too; None: no fp8 in the model."""
+  def fn(sub, scales, rest, batch, key):
+    if scales is None:
+      return loss_fn(sub, rest, batch, key)
+    # as MAX_DTYPE: several uses of one scale combine by max, not sum
     to_max = lambda x: jax.lax.convert_element_type(x, MAX_DTYPE)
-    model_state = {**model_state, SCALES: jax.tree.map(to_max, scales)}
-  loss, (new_state, stats) = loss_and_stats(model, task, full, model_state, batch, key, True,
-                                            group)
-  if scales is not None:
-    new_state = {k: v for k, v in new_state.items() if k != SCALES}
-  return loss, (new_state, stats)
+    loss, (new_state, stats) = loss_fn(sub, {**rest, SCALES: jax.tree.map(to_max, scales)},
+                                       batch, key)
+    return loss, ({k: v for k, v in new_state.items() if k != SCALES}, stats)
+  return fn
 
 
 def _split_microbatches(batch, k: int):
@@ -89,7 +96,8 @@ def gradients(model, task, group, params, model_state, batch, state_rng, step,
   scales = model_state.get(SCALES)
   rest = {k: v for k, v in model_state.items() if k != SCALES}
   grad_fn = jax.value_and_grad(
-      functools.partial(_group_loss, model, task, group, params), argnums=(0, 1), has_aux=True)
+      _with_scales(functools.partial(_group_loss, model, task, group, params)),
+      argnums=(0, 1), has_aux=True)
   key = lambda i: step_key(state_rng, step, i, group_index)
   with_scales = lambda state, new: state if new is None else {**state, SCALES: new}
   if accum_steps == 1:
