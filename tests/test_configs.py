@@ -76,7 +76,7 @@ def test_transformer_config_lists_every_switch_at_the_model_default():
   import dataclasses
   from models.transformer import Transformer
   fields = {f.name: f.default for f in dataclasses.fields(Transformer)
-            if f.name not in ("parent", "name", "dtype", "num_classes")}
+            if f.name not in ("parent", "name", "dtype", "fp8", "num_classes")}   # set by setup
   declared = dict(base.transformer_model().items())
   declared.pop("name")
   assert declared == fields
