@@ -36,7 +36,6 @@ import time
 
 import grain
 import jax
-import jax.numpy as jnp
 import numpy as np
 from array_record.python import array_record_module
 from PIL import Image
@@ -273,8 +272,9 @@ class JpegData(Data):
     self.eval_reader = Batches(*split_paths(folder, info, config.eval_split), **common)
     self.mean, self.std = self._statistics(self.train_reader)
     inverse = np.float32(1) / self.std   # a product by constants: the same bits on the host
-    self._host_normalise = lambda x: (x.astype(np.float32) - self.mean) * inverse
-    self._device_normalise = jax.jit(lambda x: (x.astype(jnp.float32) - self.mean) * inverse)
+    # one formula for numpy arrays (train_batch, eval_batch) and, jitted, the device
+    self._normalise = lambda x: (x.astype(np.float32) - self.mean) * inverse
+    self._device_normalise = jax.jit(self._normalise)
     self.num_train, self.num_eval = self.train_reader.count, self.eval_reader.count
     self.example_shape = (config.image_size, config.image_size, channels)
     self.start()
@@ -310,12 +310,12 @@ class JpegData(Data):
   def to_global(self, local_batch, sharding=None):
     """The train stream's uint8 pixels are normalised here, on the device."""
     batch = super().to_global(local_batch, sharding)
-    if batch["image"].dtype == jnp.uint8:
+    if batch["image"].dtype == np.uint8:
       batch["image"] = self._device_normalise(batch["image"])
     return batch
 
   def _host(self, batch: dict) -> dict:
-    return {**batch, "image": self._host_normalise(batch["image"])}
+    return {**batch, "image": self._normalise(batch["image"])}
 
   def train_batch(self, j: int) -> dict:
     return self._host(self.train_reader.train(j))

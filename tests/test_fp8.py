@@ -4,16 +4,15 @@ every step, combines by max over micro-batches, lives in the train state and in 
 checkpoint, and a run rolled back to a checkpoint ends with the same arrays. A model without
 fp8 matmuls is refused in one line. (The CPU emulates fp8; speed is measured on a GPU.)"""
 
-import shutil
 
 import jax
 import numpy as np
 import pytest
 
 from configs import shakespeare_char
-from helpers import last_json, read_metrics, run_main, without_timings
+from helpers import last_json, run_main
 from models.layers.fp8 import COLLECTION
-from test_reliability import assert_same_arrays, saved_state
+from test_reliability import assert_rollback_ends_the_same, saved_state
 from train_lib import checkpointing, setup, step as step_lib
 
 
@@ -92,13 +91,7 @@ def test_scales_are_checkpointed_and_a_rollback_ends_the_same(tmp_path, tfds_dir
   saved = saved_state(ref, 4)["model_state"][COLLECTION]
   for path, history in histories(saved).items():   # 4 steps: 4 amaxes in the window
     assert (recorded(history) == 4).all(), path
-  shutil.copytree(ref, copy)
-  proc = run_main(*args, f"--workdir={copy}", "--config.train.restore_step=4")
-  assert "rolled back to step 4" in proc.stderr
-  assert last_json(proc.stdout) == result
-  last = lambda d: [r for r in read_metrics(d) if r["split"] == "train" and r["step"] == 8][-1]
-  assert without_timings(last(copy)) == without_timings(last(ref))
-  assert_same_arrays(saved_state(copy, 8), saved_state(ref, 8))
+  assert_rollback_ends_the_same(args, ref, copy, 4, 8, result)
 
 
 @pytest.mark.parametrize("scan_layers", [True, False])

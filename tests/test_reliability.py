@@ -28,7 +28,7 @@ import pytest
 import input_pipeline
 import train_lib
 from configs import base, digits_mlp
-from helpers import REPO, last_json, main_env, read_metrics, run_main
+from helpers import REPO, last_json, main_env, read_metrics, run_main, without_timings
 from input_pipeline import builders
 from train_lib import checkpointing, guards, loop, setup
 from train_lib.errors import Diverged, UserError
@@ -61,6 +61,18 @@ def assert_same_arrays(a, b):
   assert flat_a.keys() == flat_b.keys()
   for path in flat_a:
     np.testing.assert_array_equal(flat_a[path], flat_b[path], err_msg=path)
+
+
+def assert_rollback_ends_the_same(args, ref, copy, back: int, end: int, result: dict):
+  """A copy of run `ref` (main.py `args`, trained to `end`) rolled back to checkpoint `back`
+  and continued ends with the same result, train line at `end` and saved arrays."""
+  shutil.copytree(ref, copy)
+  proc = run_main(*args, f"--workdir={copy}", f"--config.train.restore_step={back}")
+  assert f"rolled back to step {back}" in proc.stderr
+  assert last_json(proc.stdout) == result
+  last = lambda d: [r for r in read_metrics(d) if r["split"] == "train" and r["step"] == end][-1]
+  assert without_timings(last(copy)) == without_timings(last(ref))
+  assert_same_arrays(saved_state(copy, end), saved_state(ref, end))
 
 
 def train_losses(workdir):

@@ -99,10 +99,10 @@ def gradients(model, task, group, params, model_state, batch, state_rng, step,
       _with_scales(functools.partial(_group_loss, model, task, group, params)),
       argnums=(0, 1), has_aux=True)
   key = lambda i: step_key(state_rng, step, i, group_index)
-  with_scales = lambda state, new: state if new is None else {**state, SCALES: new}
+  rejoin = lambda state, new: state if new is None else {**state, SCALES: new}
   if accum_steps == 1:
     (_, (rest, stats)), (grads, new_scales) = grad_fn(sub, scales, rest, batch, key(0))
-    return grads, with_scales(rest, new_scales), stats
+    return grads, rejoin(rest, new_scales), stats
 
   def micro(carry, xs):
     grads_acc, scales_acc, rest, stats_acc = carry
@@ -119,7 +119,7 @@ def gradients(model, task, group, params, model_state, batch, state_rng, step,
   (grads, new_scales, rest, stats), _ = jax.lax.scan(
       micro, (zeros, lowest, rest, metrics_lib.zeros(kinds)),
       (jnp.arange(accum_steps), micro_batches))
-  return (jax.tree.map(lambda g: g / accum_steps, grads), with_scales(rest, new_scales), stats)
+  return jax.tree.map(lambda g: g / accum_steps, grads), rejoin(rest, new_scales), stats
 
 
 def _learning_rates(schedule, step) -> dict:
