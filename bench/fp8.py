@@ -24,6 +24,7 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from bench import table  # noqa: E402
 from train_lib import writers  # noqa: E402
 
 CONFIGS = {"gpt2_124m": "configs/gpt2_124m.py", "gpt_1b3": "configs/gpt_1b3.py"}
@@ -65,7 +66,7 @@ def curve(args, rows, keep):
            "--config.train.log_every=10", f"--config.train.eval_every={args.steps}",
            "--config.train.checkpoint_every=0"], cwd=ROOT, capture_output=True, text=True)
       if proc.returncode:
-        keep({"dtype": dtype, "error": proc.stderr.strip().splitlines()[-1][:300]})
+        keep({"dtype": dtype, "error": table.child_error(proc.stderr)})
         continue
       lines = [json.loads(x) for x in open(os.path.join(workdir, "metrics.jsonl"))]
     train = [r for r in lines if r["split"] == "train" and "loss" in r]

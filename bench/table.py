@@ -4,18 +4,28 @@
                  lambda r: f"{r['tokens_per_sec']:,.0f}")], rows, label_columns=1)
     write_json(path, peak, device_name, rows)
     rows.append({"error": error(exc)})      # a failed row: the exception's first line
+    rows.append({"error": child_error(proc.stderr)})   # a failed child process's exception
 
 A column is (header, width, cell): a negative width aligns left (columns size themselves
 to their cells). A row with an "error" shows its first label_columns cells, then the error.
 """
 
 import json
+import re
 
 from train_lib import writers
 
 
 def error(exc, limit=120) -> str:
   return f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:limit]}"
+
+
+def child_error(stderr: str, limit=300) -> str:
+  """A failed child process's exception line: the last line of its stderr that names an
+  exception (JAX appends a note on filtered frames after it), else its last line."""
+  lines = [line.strip() for line in (stderr or "").strip().splitlines()] or ["failed"]
+  named = [line for line in lines if re.match(r"[A-Za-z_][\w.]*(Error|Exception|Exit)\b", line)]
+  return (named or lines)[-1][:limit]
 
 
 def memory_gb(r) -> str:

@@ -29,6 +29,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from bench import table  # noqa: E402
+
 GOALS = {"resnet18": 1.1, "resnet50": 1.1, "vit_b16": 1.0}
 
 
@@ -65,7 +67,8 @@ def whetstone(name, args):
                            f"--warmup={args.warmup}", f"--window={args.window}",
                            f"--child_out={out.name}"], cwd=ROOT, capture_output=True, text=True)
     if proc.returncode:
-      return {"error": proc.stderr.strip().splitlines()[-1][:300] if proc.stderr else "failed"}
+      sys.stderr.write(proc.stderr[-4000:])   # the traceback, for the log
+      return {"error": table.child_error(proc.stderr)}
     return json.load(open(out.name))
 
 
@@ -159,18 +162,18 @@ def main():
       writers.write_json(args.json, {"device": device, "torch": torch.__version__,
                                      "rows": rows}, indent=1)
   fmt = lambda r: f"{r['images_per_sec']:,.0f}" if "images_per_sec" in r else r["error"]
-  table = []
+  cells = []
   for r in rows:
     w, p = r["whetstone"], r["peer"]
     ratio = (w["images_per_sec"] / p["images_per_sec"]
              if "images_per_sec" in w and "images_per_sec" in p else None)
-    table.append([r["model"], r["batch"], fmt(w), fmt(p),
+    cells.append([r["model"], r["batch"], fmt(w), fmt(p),
                   f"{ratio:.2f}x" if ratio else "-", f">= {GOALS[r['model']]:.1f}x",
                   "yes" if ratio and ratio >= GOALS[r["model"]] else "no"])
   print(f"\n{device}, PyTorch {torch.__version__}; images/s at 224x224, bf16, one step per "
         "batch (median of windows)")
   print(writers.table(["model", "batch", "Whetstone images/s", "PyTorch images/s", "ratio",
-                       "goal", "met"], table, markdown=True))
+                       "goal", "met"], cells, markdown=True))
 
 
 if __name__ == "__main__":

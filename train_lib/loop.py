@@ -9,6 +9,7 @@ checkpoints, loop, evaluation.
 import contextlib
 import glob
 import os
+import queue
 import shutil
 import signal
 import threading
@@ -234,6 +235,7 @@ def _train_steps(config, s, state, ckpt, writer, evals, batch_sharding, start, s
       with clock("data"):
         batch = s.data.next_train()
     state, metrics = train_step(state, batch)
+    clock.dispatched(i, metrics)
     clock.steps += 1
     current = i + 1
     pending.append((current, metrics))
@@ -309,15 +311,28 @@ def _initial_loss(workdir: str, start: int):
   return value if np.isfinite(value) else None
 
 
+def input_idle(waits, done) -> float:
+  """Seconds the device sat idle for want of input: for each wait (previous step, start,
+  end), the part of [start, end] after the previous step had finished on the device (done:
+  step -> completion time). A wait while the device still works on queued steps costs
+  nothing; the host runs ahead of the device under asynchronous dispatch."""
+  return sum(max(0.0, end - max(start, done[prev])) for prev, start, end in waits)
+
+
 class Phases:
   """Wall time per phase of the steps between two progress lines: waiting for data, eval,
-  checkpoint, and the steps themselves (the rest). Rates count the steps' time only."""
+  checkpoint, and the steps themselves (the rest). Rates count the steps' time only.
+  dispatched(i, metrics) after each step lets a thread note when step i finished on the
+  device, so the data wait can be split into the device's idle share (input_idle)."""
 
   def __init__(self):
+    self._done, self._last, self._watcher = {}, None, None
+    self._queue = queue.SimpleQueue()
+    self._ready = threading.Condition()   # guards _done and _watcher
     self._reset()
 
   def _reset(self):
-    self.t0, self.steps, self.seconds = time.perf_counter(), 0, {}
+    self.t0, self.steps, self.seconds, self._waits = time.perf_counter(), 0, {}, []
 
   @contextlib.contextmanager
   def __call__(self, phase: str):
@@ -325,20 +340,58 @@ class Phases:
     try:
       yield
     finally:
-      self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - t
+      end = time.perf_counter()
+      self.seconds[phase] = self.seconds.get(phase, 0.0) + end - t
+      if phase == "data" and self._last is not None:
+        self._waits.append((self._last, t, end))
+
+  def dispatched(self, index: int, metrics):
+    """Step index is queued on the device; its metrics become ready when it has run."""
+    leaves = jax.tree.leaves(metrics)
+    if not leaves:
+      return
+    self._last = index
+    with self._ready:
+      self._queue.put((index, leaves[0]))
+      if self._watcher is None:
+        self._watcher = threading.Thread(target=self._watch, daemon=True)
+        self._watcher.start()
+
+  def _watch(self):
+    """Notes each queued step's completion time, in order; ends after 5 s without one."""
+    while True:
+      try:
+        index, leaf = self._queue.get(timeout=5)
+      except queue.Empty:
+        with self._ready:
+          if self._queue.empty():
+            self._watcher = None
+            return
+        continue
+      try:
+        leaf.block_until_ready()
+      except Exception:  # noqa: BLE001  a failed step: the loop raises it when it reads it
+        pass
+      with self._ready:
+        self._done[index] = time.perf_counter()
+        self._ready.notify_all()
 
   def rates(self, task, batch_size: int) -> dict:
     """steps_per_sec, items per second and the phase times since the last call."""
     total = time.perf_counter() - self.t0
     other = sum(v for k, v in self.seconds.items() if k != "data")
     data = self.seconds.get("data", 0.0)
+    with self._ready:   # the steps of the interval are done: their metrics were fetched
+      self._ready.wait_for(lambda: all(w[0] in self._done for w in self._waits), timeout=60)
+      idle = input_idle([w for w in self._waits if w[0] in self._done], self._done)
+      self._done = {k: v for k, v in self._done.items() if k >= (self._last or 0)}
     training = max(total - other, 1e-9)   # the steps and their input
     sps = self.steps / training
     out = {"steps_per_sec": sps, f"{task.unit}_per_sec": sps * task.items_per_batch(batch_size),
            "time/step_sec": training - data, "time/data_sec": data,
            "time/eval_sec": self.seconds.get("eval", 0.0),
            "time/checkpoint_sec": self.seconds.get("checkpoint", 0.0),
-           "data_wait_fraction": data / training}
+           "data_wait_fraction": idle / training}
     self._reset()
     return out
 
