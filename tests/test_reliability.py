@@ -73,6 +73,7 @@ def assert_rollback_ends_the_same(args, ref, copy, back: int, end: int, result: 
   last = lambda d: [r for r in read_metrics(d) if r["split"] == "train" and r["step"] == end][-1]
   assert without_timings(last(copy)) == without_timings(last(ref))
   assert_same_arrays(saved_state(copy, end), saved_state(ref, end))
+  return proc
 
 
 def train_losses(workdir):
