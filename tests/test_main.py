@@ -106,6 +106,7 @@ def test_same_seed_same_numbers_other_seed_differs(trained, tmp_path, tfds_dir):
 
 @pytest.mark.parametrize("args, message", [
     (["--config.train.nmu_steps=3"], "did you mean 'num_steps'"),
+    (["--config.model.zzz=1"], "unknown config key config.model.zzz: config.model has no field 'zzz'"),
     (["--config.optim.learning_rate=abc"], "learning_rate"),
     (["--config=configs/missing.py"], "configs/missing.py not found"),
     (["--config=configs/default.py:bogus"], "unknown config argument 'bogus'"),
