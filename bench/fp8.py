@@ -7,7 +7,9 @@ curve over Shakespeare at equal settings (issue 19 item 5).
 
 speed: bench/train_step.py's measurement (one device-resident batch, windows of steps with
 one synchronisation each) of configs/gpt2_124m.py:synthetic and configs/gpt_1b3.py:synthetic
-in each dtype, in this order in one process; the ratio is fp8's tokens/s over bf16's.
+in each dtype, in this order in one process; the ratios are each dtype's tokens/s over bf16's.
+--dtypes may name qwix_fp8: bf16 with qwix's fp8 rules on the same matmuls (current scaling,
+no state; needs `pip install qwix`), against flax's delayed scaling (dtype=fp8).
 curve: `main.py --config=configs/gpt2_124m.py` on the embedded Shakespeare bytes for
 --steps steps at batch --batch x 1024 (one micro-batch), warm-up 100 and the config's cosine
 decay, seed 0, the same in both dtypes; reports the mean train loss of the last 100 steps and
@@ -15,6 +17,7 @@ the held-out loss at the end. Goal: fp8 within 1% of bf16 at the end.
 """
 
 import argparse
+import ast
 import json
 import os
 import subprocess
@@ -30,29 +33,47 @@ from train_lib import writers  # noqa: E402
 CONFIGS = {"gpt2_124m": "configs/gpt2_124m.py", "gpt_1b3": "configs/gpt_1b3.py"}
 
 
+QWIX = "qwix_fp8"   # bf16 compute; qwix's fp8 (e4m3, e5m2 gradients, current scaling)
+
+
+def qwix_fp8(model):
+  """The model with qwix intercepting the attention and MLP matmuls (the head stays bf16),
+  as flax's ops do for dtype=fp8; qwix scales each tensor by its own amax at every call."""
+  import jax.numpy as jnp
+  import qwix
+  rule = qwix.QtRule(module_path=r".*(attn|mlp).*", weight_qtype=jnp.float8_e4m3fn,
+                     act_qtype=jnp.float8_e4m3fn, bwd_qtype=jnp.float8_e5m2)
+  return qwix.quantize_model(model, qwix.QtProvider([rule]), methods=("__call__", "fused_nll"))
+
+
 def speed(args, rows, keep):
   import importlib
   from bench import train_step
+  dtypes = args.dtypes.split(",")
   for name in args.models.split(","):
-    for dtype in args.dtypes.split(","):
+    for dtype in dtypes:
       config = importlib.import_module(f"configs.{name}").get_config("synthetic=True")
-      config.dtype = dtype
+      config.update_from_flattened_dict({k: ast.literal_eval(v) for k, v in
+                                         (o.split("=", 1) for o in args.override)})
+      config.dtype = "bfloat16" if dtype == QWIX else dtype
       try:
-        r = train_step.bench_one(config, args.steps_timed, 2)
+        r = train_step.bench_one(config, args.steps_timed, 2,
+                                 wrap=qwix_fp8 if dtype == QWIX else None)
         row = {"model": name, "dtype": dtype, "tokens_per_sec": r["tokens_per_sec"],
                "step_ms": r["step_ms"], "compile_s": r["compile_s"], "loss": r["loss"]}
       except Exception as e:   # out of memory, say: report and go on
         row = {"model": name, "dtype": dtype, "error": f"{type(e).__name__}: {str(e)[:300]}"}
       keep(row)
-  table = []
+  cells = []
   for name in args.models.split(","):
     got = {r["dtype"]: r for r in rows if r["model"] == name and "tokens_per_sec" in r}
-    ratio = (got["fp8"]["tokens_per_sec"] / got["bfloat16"]["tokens_per_sec"]
-             if {"fp8", "bfloat16"} <= set(got) else None)
-    table.append([name] + [f"{got[d]['tokens_per_sec']:,.0f}" if d in got else "-"
-                           for d in ("bfloat16", "fp8")] + [f"{ratio:.2f}x" if ratio else "-"])
-  print(writers.table(["model", "bf16 tokens/s", "fp8 tokens/s", "fp8 / bf16"], table,
-                      markdown=True))
+    base = got.get("bfloat16", {}).get("tokens_per_sec")
+    cells.append([name] + [f"{got[d]['tokens_per_sec']:,.0f}" if d in got else "-"
+                           for d in dtypes] +
+                 [f"{got[d]['tokens_per_sec'] / base:.2f}x" if d in got and base else "-"
+                  for d in dtypes if d != "bfloat16"])
+  print(writers.table(["model"] + [f"{d} tokens/s" for d in dtypes] +
+                      [f"{d} / bf16" for d in dtypes if d != "bfloat16"], cells, markdown=True))
 
 
 def curve(args, rows, keep):
@@ -86,6 +107,8 @@ def main():
   parser.add_argument("--steps", type=int, default=2000)
   parser.add_argument("--batch", type=int, default=64)
   parser.add_argument("--json", default="")
+  parser.add_argument("--override", action="append", default=[],
+                      help="KEY=VALUE on every config (speed), e.g. model.num_layers=2")
   args = parser.parse_args()
   import jax
   rows = []

@@ -17,6 +17,7 @@ embeddings), nanoGPT's formula. "mem GB" is XLA's compiled footprint of the step
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -59,8 +60,11 @@ def matmul_peak_tflops(n=8192, reps=20):
   return best
 
 
-def bench_one(config, steps, warmup, profile_dir="", devices=None, window=5):
+def bench_one(config, steps, warmup, profile_dir="", devices=None, window=5, wrap=None):
+  """wrap(model) -> model: a stand-in with the same variables (bench/fp8.py's qwix rows)."""
   s = setup.build(config, devices)
+  if wrap:
+    s = dataclasses.replace(s, model=wrap(s.model))
   batch_sharding = partitioning.batch_sharding(s.mesh)
   state = state_lib.create(s.model, s.tx, s.task, s.dummy_batch, config.seed, s.state_sharding)
   fn = step.compile_train_step(s.model, s.task, s.tx, s.schedule,
