@@ -117,12 +117,15 @@ def _explain(e: Exception, argv) -> str:
                  typo.group(2) in a.split("=")[0].split(".")), typo.group(2))
     return f"unknown config key {flag.lstrip('-')}: did you mean {typo.group(1)!r}?"
   bare = text.strip("\"' ")   # ml_collections' KeyError / AttributeError: the name alone
-  flag = next((a.split("=")[0].lstrip("-") for a in argv if a.startswith("--config.") and
-               a.split("=")[0].split(".")[-1] == bare), None)
-  if isinstance(e, (KeyError, AttributeError)) and flag:
-    parent, name = flag.rsplit(".", 1)
-    return (f"unknown config key {flag}: {parent} has no field {name!r}; the config file "
-            "and configs/base.py list the fields")
+  paths = [a.split("=")[0].lstrip("-").split(".") for a in argv if a.startswith("--config.")]
+  unknown = sorted({".".join(p[:p.index(bare, 1) + 1]) for p in paths if bare in p[1:]})
+  if isinstance(e, (KeyError, AttributeError)) and len(unknown) == 1:
+    parent, name = unknown[0].rsplit(".", 1)
+    return (f"unknown config key {unknown[0]}: {parent} has no field {name!r}; the config "
+            "file and configs/base.py list the fields")
+  if isinstance(e, (KeyError, AttributeError)) and unknown:
+    return (f"unknown config key: one of {', '.join(unknown)} names no field {bare!r}; the "
+            "config file and configs/base.py list the fields")
   if "Traceback (most recent call last)" in raw:  # get_config raised: keep its last line
     where = next((a for a in reversed(argv) if a.startswith("--config=")), "--config")
     return f"{where}: {lines[-1]}"

@@ -46,6 +46,14 @@ def qwix_fp8(model):
   return qwix.quantize_model(model, qwix.QtProvider([rule]), methods=("__call__", "fused_nll"))
 
 
+def literal(text: str):
+  """An --override value: a Python literal (3, 1e-3, True, (1, 2)) or else the string."""
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
 def speed(args, rows, keep):
   import importlib
   from bench import train_step
@@ -53,7 +61,7 @@ def speed(args, rows, keep):
   for name in args.models.split(","):
     for dtype in dtypes:
       config = importlib.import_module(f"configs.{name}").get_config("synthetic=True")
-      config.update_from_flattened_dict({k: ast.literal_eval(v) for k, v in
+      config.update_from_flattened_dict({k: literal(v) for k, v in
                                          (o.split("=", 1) for o in args.override)})
       config.dtype = "bfloat16" if dtype == QWIX else dtype
       try:

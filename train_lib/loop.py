@@ -326,7 +326,7 @@ class Phases:
   device, so the data wait can be split into the device's idle share (input_idle)."""
 
   def __init__(self):
-    self._done, self._last, self._watcher = {}, None, None
+    self._done, self._last, self._last_leaf, self._watcher = {}, None, None, None
     self._queue = queue.SimpleQueue()
     self._ready = threading.Condition()   # guards _done and _watcher
     self._reset()
@@ -337,6 +337,8 @@ class Phases:
   @contextlib.contextmanager
   def __call__(self, phase: str):
     t = time.perf_counter()
+    if phase == "data" and self._last_leaf is not None and self._last_leaf.is_ready():
+      self._noted(self._last, t)   # done before the wait: the watcher may lag (the GIL)
     try:
       yield
     finally:
@@ -350,7 +352,7 @@ class Phases:
     leaves = jax.tree.leaves(metrics)
     if not leaves:
       return
-    self._last = index
+    self._last, self._last_leaf = index, leaves[0]
     with self._ready:
       self._queue.put((index, leaves[0]))
       if self._watcher is None:
@@ -372,9 +374,13 @@ class Phases:
         leaf.block_until_ready()
       except Exception:  # noqa: BLE001  a failed step: the loop raises it when it reads it
         pass
-      with self._ready:
-        self._done[index] = time.perf_counter()
-        self._ready.notify_all()
+      self._noted(index, time.perf_counter())
+
+  def _noted(self, index, when):
+    """Step index was done by `when` (the earliest of the watcher's and the loop's notes)."""
+    with self._ready:
+      self._done[index] = min(self._done.get(index, when), when)
+      self._ready.notify_all()
 
   def rates(self, task, batch_size: int) -> dict:
     """steps_per_sec, items per second and the phase times since the last call."""
@@ -382,7 +388,9 @@ class Phases:
     other = sum(v for k, v in self.seconds.items() if k != "data")
     data = self.seconds.get("data", 0.0)
     with self._ready:   # the steps of the interval are done: their metrics were fetched
-      self._ready.wait_for(lambda: all(w[0] in self._done for w in self._waits), timeout=60)
+      if not self._ready.wait_for(lambda: all(w[0] in self._done for w in self._waits),
+                                  timeout=60):
+        logging.warning("data wait: steps without a completion time; their waits not counted")
       idle = input_idle([w for w in self._waits if w[0] in self._done], self._done)
       self._done = {k: v for k, v in self._done.items() if k >= (self._last or 0)}
     training = max(total - other, 1e-9)   # the steps and their input
