@@ -58,11 +58,11 @@ def speed(args, rows, keep):
   import importlib
   from bench import train_step
   dtypes = args.dtypes.split(",")
+  overrides = {k: literal(v) for k, v in (o.split("=", 1) for o in args.override)}
   for name in args.models.split(","):
     for dtype in dtypes:
       config = importlib.import_module(f"configs.{name}").get_config("synthetic=True")
-      config.update_from_flattened_dict({k: literal(v) for k, v in
-                                         (o.split("=", 1) for o in args.override)})
+      config.update_from_flattened_dict(overrides)
       config.dtype = "bfloat16" if dtype == QWIX else dtype
       try:
         r = train_step.bench_one(config, args.steps_timed, 2,

@@ -35,10 +35,11 @@ RUNS = {  # name: (config, result keys shown), in the order they run
 }
 
 
-def main_py(args, log):
+def main_py(args, log, env=None):
+  """main.py with `args` (and `env` added to the environment); its result and wall time."""
   t = time.perf_counter()
   proc = subprocess.run([sys.executable, os.path.join(REPO, "main.py"), *args], cwd=REPO,
-                        capture_output=True, text=True)
+                        capture_output=True, text=True, env={**os.environ, **(env or {})})
   with open(log, "a") as f:
     f.write(f"$ main.py {' '.join(args)}\n{proc.stderr}\n{proc.stdout}\n")
   if proc.returncode:

@@ -24,9 +24,9 @@ def child_error(stderr: str, limit=300) -> str:
   """A failed child process's error: main.py's closing "error: ..." line, else the last line
   of its stderr that names an exception (JAX appends a note on filtered frames after it)."""
   lines = [line.strip() for line in (stderr or "").strip().splitlines()] or ["failed"]
-  named = [line for line in lines if re.match(r"[A-Za-z_][\w.]*(Error|Exception|Exit)\b", line)]
   if lines[-1].startswith("error:"):   # main.py's one-line exit
     return lines[-1][:limit]
+  named = [line for line in lines if re.match(r"[A-Za-z_][\w.]*(Error|Exception|Exit)\b", line)]
   return (named or lines)[-1][:limit]
 
 

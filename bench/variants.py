@@ -60,18 +60,15 @@ def main():
   for i, (name, flags, env) in enumerate(variants):
     workdir = os.path.join(args.workdir, str(i))
     shutil.rmtree(workdir, ignore_errors=True)
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
     try:
-      _, wall = frameworks.main_py([*common, *flags, f"--workdir={workdir}"], log)
+      _, wall = frameworks.main_py([*common, *flags, f"--workdir={workdir}"], log, env)
       sps, rate, unit = frameworks.speed(workdir)
       rows.append({"variant": name, "steps_per_sec": sps, "rate": rate, "unit": unit,
                    "wall_s": wall})
     except Exception as e:   # noqa: BLE001  a failed variant is a row; the rest go on
-      rows.append({"variant": name, "error": "exited " + str(e).split(" exited ", 1)[-1][:200]})
-    finally:
-      for k, v in saved.items():
-        os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+      message = str(e)   # main_py's "main.py ARGS exited N: [its error line]"
+      rows.append({"variant": name, "error": message[message.index(" exited ") + 1:][:200]
+                   if " exited " in message else table.error(e)})
     print(rows[-1], flush=True)
   base = rows[0].get("steps_per_sec")   # the first variant's: the ratios say "vs first"
   print(f"\n{args.config}, {args.steps} steps, no evals or checkpoints; log {log}")

@@ -4,7 +4,6 @@ every step, combines by max over micro-batches, lives in the train state and in 
 checkpoint, and a run rolled back to a checkpoint ends with the same arrays. A model without
 fp8 matmuls is refused in one line. (The CPU emulates fp8; speed is measured on a GPU.)"""
 
-
 import jax
 import numpy as np
 import pytest

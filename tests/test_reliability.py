@@ -65,7 +65,8 @@ def assert_same_arrays(a, b):
 
 def assert_rollback_ends_the_same(args, ref, copy, back: int, end: int, result: dict):
   """A copy of run `ref` (main.py `args`, trained to `end`) rolled back to checkpoint `back`
-  and continued ends with the same result, train line at `end` and saved arrays."""
+  and continued ends with the same result, train line at `end` and saved arrays; returns
+  the continued launch."""
   shutil.copytree(ref, copy)
   proc = run_main(*args, f"--workdir={copy}", f"--config.train.restore_step={back}")
   assert f"rolled back to step {back}" in proc.stderr
