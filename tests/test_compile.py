@@ -87,6 +87,7 @@ def test_search_finds_the_largest_micro_batch_that_fits(tmp_path):
   assert up > micro and BATCH % micro == 0 and micro % 4 == 0
   assert found["grad_accum_steps"] == BATCH // micro
   assert r["fits"] and r["peak_bytes"] <= LIMIT_GIB * 2**30 < found["next_peak_bytes"]
+  assert "is set but nothing" not in proc.stderr   # the candidates' reads are the config's
   # the next size up, compiled on its own, does not fit
   again = compile_main(tmp_path / "up", *limit, *SEARCHED,
                        f"--config.optim.grad_accum_steps={BATCH // up}", check=False)
@@ -174,3 +175,4 @@ def test_search_finds_the_smallest_fsdp_that_fits(tmp_path):
   assert found["value"] == r["mesh"]["fsdp"] and found["next_value"] < found["value"]
   assert r["mesh"]["fsdp"] * r["mesh"]["data"] == 4
   assert r["peak_bytes"] <= 0.08 * 2**30 < found["next_peak_bytes"]
+  assert "is set but nothing" not in proc.stderr

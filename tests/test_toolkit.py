@@ -130,6 +130,24 @@ def test_unread_fields_are_those_set_and_never_read(capsys):
   assert type(config).__name__ == "ConfigDict" and config.is_locked
 
 
+def test_what_an_edited_copy_reads_counts_as_read():
+  """Per-group optimizers and the compile search build from edited copies of the config."""
+  import ml_collections
+  from configs import fashion_mnist_dcgan
+  from train_lib import config_reads, optim
+  config = fashion_mnist_dcgan.get_config("runlocal")
+  config.optim.b2, config.optim.nesterov = 0.9, True   # adamw reads b2, never nesterov
+  config.optim.groups.discriminator = ml_collections.ConfigDict({"learning_rate": 4e-4})
+  tracked = config_reads.track(config)
+  optim.build_groups(tracked.optim, ("discriminator", "generator"), 100)
+  unread = dict(config_reads.unread(tracked, "train"))
+  assert "optim.b2" not in unread and unread["optim.nesterov"] is True
+  copied = config_reads.copy(tracked)
+  copied.seed = 7                        # an edit of the copy leaves the original alone
+  assert tracked.seed != 7 and copied.train.num_steps and "train.num_steps" not in dict(
+      config_reads.unread(tracked, "eval"))
+
+
 def curve(values, every=10):
   return [(every * (i + 1), float(v)) for i, v in enumerate(values)]
 

@@ -99,6 +99,16 @@ def track(config):
   return copy
 
 
+def copy(config):
+  """A copy of `config` whose reads count as reads of `config` (the compile search
+  compiles edited copies; what they read was read)."""
+  if not isinstance(config, _TrackedConfigDict):
+    return config.copy_and_resolve_references()
+  out = config._whole("copy_and_resolve_references")   # copying reads no field
+  _retype(out, config.__dict__["_path"], config.__dict__["_reads"])
+  return out
+
+
 def _retype(config, path, reads):
   object.__setattr__(config, "__class__", _TrackedConfigDict)
   config.__dict__["_reads"], config.__dict__["_path"] = reads, path

@@ -15,6 +15,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from train_lib import config_reads
 from train_lib.errors import UserError
 
 SCHEDULES = ("constant", "warmup_cosine", "warmup_linear")
@@ -122,7 +123,7 @@ def build_groups(config, groups, total_steps: int):
                     f"parameter groups are {[g for g in groups if g is not None]}")
   txs, schedules = {}, {}
   for group in groups:
-    merged = config.copy_and_resolve_references()
+    merged = config_reads.copy(config)   # what a group's optimizer reads, optim's run read
     for key, value in (overrides.get(group) or {}).items():
       if key not in GROUP_FIELDS:
         raise UserError(f"optim.groups.{group}.{key} cannot differ per group; a group may "

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from train_lib import chips, flops as flops_lib, partitioning, setup, step, writers
+from train_lib import chips, config_reads, flops as flops_lib, partitioning, setup, step, writers
 from train_lib.errors import UserError
 
 SEARCHES = ("", "micro_batch", "fsdp")
@@ -142,10 +142,11 @@ def _abstract(tree, rows, sharding):
                                                       sharding=sharding), tree)
 
 
-def compile_steps(config, devices) -> dict:
+def compile_steps(config, devices, same_eval=None) -> dict:
   """{"setup", "train": compiled train step, "eval": compiled eval step or None,
   "train_compile_s", "eval_compile_s"}: lowered on abstract (shape-only) state and
-  batches. Raises OutOfMemory where the compiler refuses the program for the chip."""
+  batches. Raises OutOfMemory where the compiler refuses the program for the chip.
+  same_eval: the result of an earlier call whose eval step this config shares."""
   s = setup.build(config, devices=devices)
   batch_sh = partitioning.batch_sharding(s.mesh)
   state = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
@@ -158,7 +159,9 @@ def compile_steps(config, devices) -> dict:
   train = _compile(train)
   train_s = time.perf_counter() - begin
   evaluated, eval_s = None, 0.0
-  if getattr(s.data, "num_eval", 0):
+  if same_eval is not None:
+    evaluated, eval_s = same_eval["eval"], same_eval["eval_compile_s"]
+  elif getattr(s.data, "num_eval", 0):
     eval_batch = _abstract(s.data.eval_batch(0), config.data.eval_batch_size, batch_sh)
     begin = time.perf_counter()
     evaluated = _compile(step.compile_eval_step(s.model, s.task, s.state_sharding, batch_sh,
@@ -306,11 +309,11 @@ def report(config, tgt: Target, compiled: dict) -> dict:
 _NEEDS = re.compile(r"\(([\d.]+)([KMGT])\) exceeds available HBM")
 
 
-def compile_and_report(config, tgt: Target):
+def compile_and_report(config, tgt: Target, same_eval=None):
   """(the report, the compiled steps); where the compiler itself runs out of the chip's
   memory, a report with fits=False, its message and the bytes it says it needed."""
   try:
-    compiled = compile_steps(config, tgt.devices)
+    compiled = compile_steps(config, tgt.devices, same_eval)
   except OutOfMemory as e:
     needs = _NEEDS.search(str(e))
     shape = partitioning.mesh_shape(config.mesh, len(tgt.devices))
@@ -379,14 +382,14 @@ def _candidates(config, what: str, tgt: Target) -> list:
     shards = partitioning.batch_shards(partitioning.make_mesh(config.mesh, tgt.devices))
     for m in range(batch, 0, -1):
       if batch % m == 0 and m % shards == 0:
-        c = config.copy_and_resolve_references()
+        c = config_reads.copy(config)
         c.optim.grad_accum_steps = batch // m
         out.append((m, c))
   else:  # fsdp: from 1 up to every device left after tensor and expert
     rest = len(tgt.devices) // (config.mesh.tensor * config.mesh.get("expert", 1))
     for f in range(1, rest + 1):
       if rest % f == 0:
-        c = config.copy_and_resolve_references()
+        c = config_reads.copy(config)
         c.mesh.fsdp, c.mesh.data = f, -1
         out.append((f, c))
   return out
@@ -399,12 +402,14 @@ def search(config, tgt: Target):
   cands = _candidates(config, what, tgt)
   if not cands:
     raise UserError(f"compile.search={what}: no candidate divides the batch and the mesh")
-  cache = {}
+  cache, shared = {}, {}   # the micro-batch leaves the eval step as it is: compiled once
 
   def compiled_report(i):
     if i not in cache:
       value, c = cands[i]
-      cache[i] = compile_and_report(c, tgt)[0]
+      cache[i], compiled = compile_and_report(c, tgt, shared.get("eval"))
+      if what == "micro_batch" and compiled is not None:
+        shared.setdefault("eval", compiled)
       peak = cache[i]["peak_bytes"]
       writers.console(f"compile search: {what}={value}: peak "
                       f"{'?' if peak is None else _gib(peak)} GiB, "
