@@ -159,6 +159,34 @@ def test_cached_and_streamed_reads_give_the_same_batches(tfds_dir):
     np.testing.assert_array_equal(np.asarray(a["label"]), np.asarray(b["label"]))
 
 
+def test_a_split_read_once_loads_from_its_array_file(tmp_path, monkeypatch):
+  """The next launch loads a split's arrays from the file beside its shards; a torn file or
+  a rebuilt shard decodes the records again."""
+  import glob
+  import os
+  from input_pipeline import images
+  config = data_config(str(tmp_path))
+  first = images.open_source(config)
+  want = images.maybe_cache(first.train, 64).arrays
+  files = glob.glob(str(tmp_path / "**" / "whetstone-arrays-*.npz"), recursive=True)
+  assert len(files) == 1
+  decoded, real = [], images.read_batch
+  monkeypatch.setattr(images, "read_batch", lambda *a: decoded.append(1) or real(*a))
+  again = images.maybe_cache(images.open_source(config).train, 64).arrays
+  assert not decoded
+  for k in want:
+    np.testing.assert_array_equal(again[k], want[k])
+  with open(files[0], "r+b") as f:
+    f.truncate(100)
+  torn = images.maybe_cache(images.open_source(config).train, 64).arrays
+  assert decoded and all(np.array_equal(torn[k], want[k]) for k in want)
+  shard = images.open_source(config).train.dataset_info.splits["train"].filepaths[0]
+  os.utime(shard, ns=(1, 1))          # a rebuilt dataset: another file, the old one stays
+  images.maybe_cache(images.open_source(config).train, 64)
+  assert len(glob.glob(str(tmp_path / "**" / "whetstone-arrays-*.npz"), recursive=True)) == 2
+  assert images.maybe_cache(first.eval, 0) is first.eval      # cache_mb=0: never read
+
+
 def test_batch_rows_do_not_depend_on_the_number_of_processes(tfds_dir, monkeypatch):
   """Process p of P gets rows p*B/P.. of the same global batch, augmentation included."""
   whole = build(tfds_dir, random_crop=2, random_flip=True).train_batch(5)
