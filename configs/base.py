@@ -223,11 +223,11 @@ def transformer_model():
   model.pre_norm = True
   model.activation = "gelu"     # gelu | relu | sq_relu | swiglu
   model.loss_impl = "auto"      # auto (Pallas softmax statistics on GPU) | pallas | xla
-  model.attention_impl = "auto"  # auto | cudnn | xla
+  model.attention_impl = "auto"  # auto | cudnn | xla | pallas (flash attention with dropout)
   model.tie_embeddings = True
   model.use_bias = False
   model.dropout = 0.0           # embeddings and both residual branches
-  model.attention_dropout = 0.0  # attention probabilities (XLA attention when > 0)
+  model.attention_dropout = 0.0  # attention probabilities (XLA attention, or pallas)
   model.scaled_residual_init = True
   model.scan_layers = True
   model.remat = "none"          # none | full | dots | dots_no_batch

@@ -147,11 +147,11 @@ class Transformer(nn.Module):
   pre_norm: bool = True
   activation: str = "gelu"         # gelu | relu | sq_relu | swiglu
   loss_impl: str = "auto"          # auto (Pallas softmax statistics on GPU) | pallas | xla
-  attention_impl: str = "auto"     # auto (cuDNN on GPU where possible) | cudnn | xla
+  attention_impl: str = "auto"     # auto (cuDNN on GPU where possible) | cudnn | xla | pallas
   tie_embeddings: bool = True
   use_bias: bool = False
   dropout: float = 0.0             # embeddings and both residual branches
-  attention_dropout: float = 0.0   # attention probabilities (computed in XLA when > 0)
+  attention_dropout: float = 0.0   # attention probabilities (XLA, or attention_impl=pallas)
   scaled_residual_init: bool = True  # GPT-2: residual projections ~ N(0, 0.02/sqrt(2L))
   scan_layers: bool = True
   remat: str = "none"              # none | full | dots | dots_no_batch

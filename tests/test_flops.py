@@ -204,20 +204,23 @@ def test_transformer_per_token(model, tfds_dir):
   assert flops.train_flops_per_item(s, rows=2) == want
 
 
-def test_transformer_gpu_kernels_count_the_same(tfds_dir, monkeypatch):
+@pytest.mark.parametrize("attention", ["cudnn", "pallas"])
+def test_transformer_gpu_kernels_count_the_same(attention, tfds_dir, monkeypatch):
   """What "auto" picks on a GPU in bfloat16, forced: cuDNN flash attention (its version
-  check faked, so that jax traces the cuDNN primitive on the CPU), the Pallas LayerNorm
-  and softmax-statistics kernels (Pallas' interpreter off the GPU)."""
+  check faked, so that jax traces the cuDNN primitive on the CPU) or the Pallas flash
+  attention (attention_impl=pallas); the Pallas LayerNorm and softmax-statistics kernels
+  (Pallas' interpreter off the GPU)."""
   from jax._src.cudnn import fused_attention_stablehlo
   monkeypatch.setattr(fused_attention_stablehlo, "check_cudnn_version", lambda: 91000)
   config = shakespeare_char.get_config("runlocal")
   config.dtype = "bfloat16"
-  config.model.update(attention_impl="cudnn", norm_impl="pallas", loss_impl="pallas",
+  config.model.update(attention_impl=attention, norm_impl="pallas", loss_impl="pallas",
                       num_kv_heads=2)
   s = _build(config, tfds_dir=tfds_dir)
   text = str(jax.make_jaxpr(lambda v, x: s.model.apply(v, x))(
       {"params": s.abstract_state.params}, S((2, config.data.seq_len), jnp.int32)))
-  assert "dot_product_attention_fwd" in text and "pallas_call" in text
+  assert ("dot_product_attention_fwd" in text) == (attention == "cudnn")
+  assert "pallas_call" in text and (attention == "cudnn") == ("flash_attention" not in text)
   want = 3 * transformer_forward_per_token(config.model, config.data.seq_len, s.model.vocab_size)
   assert flops.train_flops_per_item(s, rows=2) == want
 

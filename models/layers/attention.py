@@ -9,8 +9,11 @@
 
 The kernel is jax.nn.dot_product_attention: cuDNN flash attention on GPU when the
 shapes and dtypes allow ("auto" or "cudnn"), XLA elsewhere ("xla"). Dropout on the attention
-probabilities (training only) computes them explicitly in XLA: jax's cuDNN attention takes
-its dropout seed as a compile-time constant, which would drop the same entries every step.
+probabilities (training only) cannot use jax's cuDNN attention, which takes its dropout seed
+as a compile-time constant and would drop the same entries every step: "auto" then computes
+the probabilities explicitly in XLA. "pallas" runs models/layers/flash_attention.py's flash
+attention with the dropout in its kernels, with or without dropout (in Pallas' interpreter
+off the GPU).
 """
 
 from typing import Any, Callable
@@ -20,11 +23,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from models.layers import kernels
+from models.layers import flash_attention, kernels
 from models.layers.fp8 import FP8_EINSUM
 from models.layers.named import named
 
-IMPLEMENTATIONS = ("auto", "cudnn", "xla")
+IMPLEMENTATIONS = ("auto", "cudnn", "xla", "pallas")
 
 
 def choose_implementation(requested: str, dtype, head_dim: int, has_bias: bool) -> str:
@@ -126,11 +129,21 @@ class Attention(nn.Module):
       mask = None
       if mask_BxT is not None:  # [B, 1, 1, S]: no query attends to a padding key
         mask = (mask_BxT > 0)[:, None, None, :]
-      if self.dropout > 0 and not self.deterministic:
-        if self.implementation == "cudnn":
-          raise ValueError("attention_impl='cudnn' has no attention dropout in jax (its seed is "
-                           "fixed at compile time); use attention_impl='auto' or 'xla', or "
-                           "attention_dropout=0")
+      rate = self.dropout if self.dropout > 0 and not self.deterministic else 0.0
+      if rate and self.implementation == "cudnn":
+        raise ValueError("attention_impl='cudnn' has no attention dropout in jax (its seed is "
+                         "fixed at compile time); use attention_impl='auto', 'pallas' or "
+                         "'xla', or attention_dropout=0")
+      flash = self._flash(q_BxTxNxH, k_BxTxKxH, rate,
+                          bias is not None or mask is not None or kv_lengths_B is not None)
+      if flash:
+        B = q_BxTxNxH.shape[0]
+        seeds_Bx1 = (jax.random.bits(self.make_rng("dropout"), (B, 1), jnp.uint32) if rate
+                     else jnp.zeros((B, 1), jnp.uint32))
+        attend = lambda q, k, v, seeds: flash_attention.attention(
+            q, k, v, seeds, rate, self.causal, kernels.interpret())
+        out_BxTxNxH = kernels.over_rows(attend, q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, seeds_Bx1)
+      elif rate:
         out_BxTxNxH = self._attend_dropout(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, bias, mask,
                                            kv_lengths_B)
       else:
@@ -142,6 +155,22 @@ class Attention(nn.Module):
     return Projection("btnh,nhd->btd", (self.num_heads, self.head_dim, D),
                       ("heads", "head_dim", "embed"), self.out_init, self.use_bias, self.dtype,
                       self.fp8, name="out")(out_BxTxNxH)
+
+  def _flash(self, q_BxTxNxH, k_BxSxKxH, rate, masked) -> bool:
+    """Whether the Pallas flash attention runs: when asked for ("pallas"). "auto" keeps XLA's
+    dropout path until the kernels are measured on a GPU (bench/flash_attention.py)."""
+    if self.implementation not in IMPLEMENTATIONS:
+      raise ValueError(f"attention_impl {self.implementation!r} unknown; use one of "
+                       f"{IMPLEMENTATIONS}")
+    fits = (flash_attention.fits(self.head_dim, q_BxTxNxH.shape[1], k_BxSxKxH.shape[1])
+            and not masked and not kernels.is_split(("length",)))
+    if self.implementation == "pallas" and not fits:
+      raise ValueError(
+          f"attention_impl='pallas' needs head_dim in (16, 32, 64, 128) (got {self.head_dim}), "
+          f"lengths that are multiples of {flash_attention.BLOCK} (got "
+          f"{q_BxTxNxH.shape[1]}), no ALiBi bias or padding mask, and a mesh that does not "
+          "split the length; use attention_impl='auto' or 'xla'")
+    return self.implementation == "pallas"
 
   def _attend_dropout(self, q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, bias, mask, kv_lengths_B):
     """jax.nn.dot_product_attention's XLA computation (float32 logits and softmax, probabilities
