@@ -227,7 +227,7 @@ def transformer_model():
   model.tie_embeddings = True
   model.use_bias = False
   model.dropout = 0.0           # embeddings and both residual branches
-  model.attention_dropout = 0.0  # attention probabilities (XLA attention, or pallas)
+  model.attention_dropout = 0.0  # attention probabilities (auto: Pallas flash on GPU)
   model.scaled_residual_init = True
   model.scan_layers = True
   model.remat = "none"          # none | full | dots | dots_no_batch

@@ -151,7 +151,7 @@ class Transformer(nn.Module):
   tie_embeddings: bool = True
   use_bias: bool = False
   dropout: float = 0.0             # embeddings and both residual branches
-  attention_dropout: float = 0.0   # attention probabilities (XLA, or attention_impl=pallas)
+  attention_dropout: float = 0.0   # attention probabilities (Pallas flash on GPU, else XLA)
   scaled_residual_init: bool = True  # GPT-2: residual projections ~ N(0, 0.02/sqrt(2L))
   scan_layers: bool = True
   remat: str = "none"              # none | full | dots | dots_no_batch

@@ -80,9 +80,9 @@ class ViT(nn.Module):
   mlp_dim: int = 0                 # 0 = 4 * width
   pool: str = "token"              # token (class token) | avg (mean of the patch tokens)
   dropout: float = 0.0             # after the position embeddings and each residual branch
-  attention_dropout: float = 0.0   # attention probabilities (computed in XLA when > 0)
+  attention_dropout: float = 0.0   # attention probabilities (see models/layers/attention.py)
   norm_epsilon: float = 1e-6       # timm's; Hugging Face's ViT uses 1e-12
-  attention_impl: str = "auto"     # auto (cuDNN on GPU where possible) | cudnn | xla
+  attention_impl: str = "auto"     # auto (cuDNN on GPU where possible) | cudnn | xla | pallas
   dtype: Any = jnp.float32
 
   @nn.compact

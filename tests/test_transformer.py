@@ -81,6 +81,13 @@ def test_auto_attention_picks_xla_off_gpu_and_refuses_unknown_names():
     choose_implementation("flash", jnp.bfloat16, 64, False)
 
 
+def test_auto_attention_on_a_gpu_leaves_odd_lengths_to_xla(monkeypatch):
+  from models.layers import kernels
+  monkeypatch.setattr(kernels, "gpu_16bit", lambda dtype: True)
+  assert choose_implementation("auto", jnp.bfloat16, 64, False, (256, 256)) == "cudnn"
+  assert choose_implementation("auto", jnp.bfloat16, 64, False, (197, 197)) == "xla"   # ViT
+
+
 @pytest.mark.parametrize("causal", [True, False])
 def test_attention_dropout_zeroes_or_rescales_each_exact_probability(causal):
   """With one-hot values the output rows are the dropped probabilities themselves: each entry is

@@ -10,10 +10,10 @@
 The kernel is jax.nn.dot_product_attention: cuDNN flash attention on GPU when the
 shapes and dtypes allow ("auto" or "cudnn"), XLA elsewhere ("xla"). Dropout on the attention
 probabilities (training only) cannot use jax's cuDNN attention, which takes its dropout seed
-as a compile-time constant and would drop the same entries every step: "auto" then computes
-the probabilities explicitly in XLA. "pallas" runs models/layers/flash_attention.py's flash
-attention with the dropout in its kernels, with or without dropout (in Pallas' interpreter
-off the GPU).
+as a compile-time constant and would drop the same entries every step: "auto" then runs
+models/layers/flash_attention.py's flash attention, with the dropout in its Pallas kernels,
+on a GPU where its shapes fit, else computes the probabilities explicitly in XLA. "pallas"
+asks for those kernels with or without dropout (in Pallas' interpreter off the GPU).
 """
 
 from typing import Any, Callable
@@ -30,14 +30,18 @@ from models.layers.named import named
 IMPLEMENTATIONS = ("auto", "cudnn", "xla", "pallas")
 
 
-def choose_implementation(requested: str, dtype, head_dim: int, has_bias: bool) -> str:
+def choose_implementation(requested: str, dtype, head_dim: int, has_bias: bool,
+                          lengths=()) -> str:
   """"auto" -> cuDNN flash attention where it applies (a GPU, 16-bit inputs, head_dim a
-  multiple of 8 up to 128, no additive bias or mask), else XLA. jax's own default (None) is XLA."""
+  multiple of 8 up to 128, no additive bias or mask, even query and key lengths: jax's cuDNN
+  training path refused ViT-B/16's 197 tokens, "Unsupported sequence length Q 197, KV 197"),
+  else XLA. jax's own default (None) is XLA."""
   if requested not in IMPLEMENTATIONS:
     raise ValueError(f"attention_impl {requested!r} unknown; use one of {IMPLEMENTATIONS}")
   if requested != "auto":
     return requested
-  cudnn_ok = kernels.gpu_16bit(dtype) and head_dim % 8 == 0 and head_dim <= 128 and not has_bias
+  cudnn_ok = (kernels.gpu_16bit(dtype) and head_dim % 8 == 0 and head_dim <= 128 and
+              not has_bias and all(n % 2 == 0 for n in lengths))
   return "cudnn" if cudnn_ok else "xla"
 
 
@@ -148,7 +152,8 @@ class Attention(nn.Module):
                                            kv_lengths_B)
       else:
         impl = choose_implementation(self.implementation, q_BxTxNxH.dtype, self.head_dim,
-                                     bias is not None or mask is not None)
+                                     bias is not None or mask is not None,
+                                     (q_BxTxNxH.shape[1], k_BxTxKxH.shape[1]))
         out_BxTxNxH = jax.nn.dot_product_attention(
             q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, bias=bias, mask=mask, is_causal=self.causal,
             key_value_seq_lengths=kv_lengths_B, implementation=impl)
@@ -157,8 +162,9 @@ class Attention(nn.Module):
                       self.fp8, name="out")(out_BxTxNxH)
 
   def _flash(self, q_BxTxNxH, k_BxSxKxH, rate, masked) -> bool:
-    """Whether the Pallas flash attention runs: when asked for ("pallas"). "auto" keeps XLA's
-    dropout path until the kernels are measured on a GPU (bench/flash_attention.py)."""
+    """Whether the Pallas flash attention runs: asked for ("pallas"), or "auto" with dropout
+    on a GPU in 16-bit where its shapes fit (3.1x XLA's dropout path, fwd + bwd, at
+    shakespeare_char's shapes on an H200: bench/RESULTS.md run 19)."""
     if self.implementation not in IMPLEMENTATIONS:
       raise ValueError(f"attention_impl {self.implementation!r} unknown; use one of "
                        f"{IMPLEMENTATIONS}")
@@ -170,7 +176,8 @@ class Attention(nn.Module):
           f"lengths that are multiples of {flash_attention.BLOCK} (got "
           f"{q_BxTxNxH.shape[1]}), no ALiBi bias or padding mask, and a mesh that does not "
           "split the length; use attention_impl='auto' or 'xla'")
-    return self.implementation == "pallas"
+    return self.implementation == "pallas" or (
+        self.implementation == "auto" and rate > 0 and fits and kernels.gpu_16bit(q_BxTxNxH.dtype))
 
   def _attend_dropout(self, q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, bias, mask, kv_lengths_B):
     """jax.nn.dot_product_attention's XLA computation (float32 logits and softmax, probabilities
