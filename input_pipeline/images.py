@@ -8,6 +8,7 @@ import dataclasses
 import glob
 import hashlib
 import os
+import tempfile
 import zipfile
 from typing import Any
 
@@ -149,12 +150,17 @@ def maybe_cache(source, max_mb: int, chunk: int = 4096):
            for i in range(0, len(source), chunk)]
   arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
   if path:
-    tmp = f"{path}.{os.getpid()}.tmp"
     try:
-      with open(tmp, "wb") as f:
+      fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".tmp")
+    except OSError:             # a read-only dataset folder: decode each launch
+      return ArraySource(arrays)
+    try:
+      with os.fdopen(fd, "wb") as f:
         np.savez(f, **arrays)
       os.replace(tmp, path)     # whole or absent, whichever process writes it
-    except OSError:             # a read-only dataset folder: decode each launch
+    except OSError:
+      pass
+    finally:
       if os.path.exists(tmp):
         os.remove(tmp)
   return ArraySource(arrays)

@@ -54,6 +54,7 @@ def test_keep_mask_is_uniform_and_independent():
                (x[..., :-1], x[..., 1:])]:                 # next key
     assert abs(corr(a, b)) < 0.01
   assert np.asarray(fa.keep_mask(seeds, N, T, T, 0.0)).all()
+  assert fa.fits(64, 65536, 65536) and not fa.fits(64, 2 * 65536, 65536)   # 32-bit counters
 
 
 def attention_layer(**kw):

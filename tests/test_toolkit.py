@@ -138,14 +138,16 @@ def test_what_an_edited_copy_reads_counts_as_read():
   config = fashion_mnist_dcgan.get_config("runlocal")
   config.optim.b2, config.optim.nesterov = 0.9, True   # adamw reads b2, never nesterov
   config.optim.groups.discriminator = ml_collections.ConfigDict({"learning_rate": 4e-4})
+  config.train.lgo_every = 3             # read through a copy only (below)
   tracked = config_reads.track(config)
   optim.build_groups(tracked.optim, ("discriminator", "generator"), 100)
   unread = dict(config_reads.unread(tracked, "train"))
   assert "optim.b2" not in unread and unread["optim.nesterov"] is True
   copied = config_reads.copy(tracked)
   copied.seed = 7                        # an edit of the copy leaves the original alone
-  assert tracked.seed != 7 and copied.train.num_steps and "train.num_steps" not in dict(
-      config_reads.unread(tracked, "eval"))
+  assert "train.lgo_every" in dict(config_reads.unread(tracked, "train"))
+  assert tracked.seed != 7 and copied.train.lgo_every == 3
+  assert "train.lgo_every" not in dict(config_reads.unread(tracked, "train"))
 
 
 def curve(values, every=10):

@@ -33,8 +33,9 @@ IMPLEMENTATIONS = ("auto", "cudnn", "xla", "pallas")
 def choose_implementation(requested: str, dtype, head_dim: int, has_bias: bool,
                           lengths=()) -> str:
   """"auto" -> cuDNN flash attention where it applies (a GPU, 16-bit inputs, head_dim a
-  multiple of 8 up to 128, no additive bias or mask, even query and key lengths: jax's cuDNN
-  training path refused ViT-B/16's 197 tokens, "Unsupported sequence length Q 197, KV 197"),
+  multiple of 8 up to 128, no additive bias or mask, even query and key lengths: with jax
+  0.11.2 on an H100 and an H200, training ViT-B/16's 197 tokens through cuDNN raised
+  "Unsupported sequence length Q 197, KV 197"),
   else XLA. jax's own default (None) is XLA."""
   if requested not in IMPLEMENTATIONS:
     raise ValueError(f"attention_impl {requested!r} unknown; use one of {IMPLEMENTATIONS}")
@@ -96,7 +97,7 @@ class Attention(nn.Module):
   head_dim: int
   position: str = "rope"           # rope | alibi | anything else: no change here
   rope_base: float = 10000.0
-  implementation: str = "auto"     # auto | cudnn | xla
+  implementation: str = "auto"     # auto | cudnn | xla | pallas
   use_bias: bool = False
   max_len: int = 1024              # KV-cache length for decoding
   causal: bool = True              # False: every position attends to every (unmasked) one
@@ -168,16 +169,19 @@ class Attention(nn.Module):
     if self.implementation not in IMPLEMENTATIONS:
       raise ValueError(f"attention_impl {self.implementation!r} unknown; use one of "
                        f"{IMPLEMENTATIONS}")
-    fits = (flash_attention.fits(self.head_dim, q_BxTxNxH.shape[1], k_BxSxKxH.shape[1])
+    T, S = q_BxTxNxH.shape[1], k_BxSxKxH.shape[1]
+    fits = (flash_attention.fits(self.head_dim, T, S) and (T == S or not self.causal)
             and not masked and not kernels.is_split(("length",)))
     if self.implementation == "pallas" and not fits:
       raise ValueError(
           f"attention_impl='pallas' needs head_dim in (16, 32, 64, 128) (got {self.head_dim}), "
-          f"lengths that are multiples of {flash_attention.BLOCK} (got "
-          f"{q_BxTxNxH.shape[1]}), no ALiBi bias or padding mask, and a mesh that does not "
-          "split the length; use attention_impl='auto' or 'xla'")
-    return self.implementation == "pallas" or (
-        self.implementation == "auto" and rate > 0 and fits and kernels.gpu_16bit(q_BxTxNxH.dtype))
+          f"query and key lengths that are multiples of {flash_attention.BLOCK} (got "
+          f"{q_BxTxNxH.shape[1]}, {k_BxSxKxH.shape[1]}), no ALiBi bias, padding mask or "
+          "kv_lengths, and a mesh that does not split the length; use attention_impl='auto' "
+          "or 'xla'")
+    return self.implementation == "pallas" or (   # heads split: the kernels would gather them
+        self.implementation == "auto" and rate > 0 and fits and kernels.gpu_16bit(q_BxTxNxH.dtype)
+        and not kernels.is_split(("heads", "kv_heads")))
 
   def _attend_dropout(self, q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, bias, mask, kv_lengths_B):
     """jax.nn.dot_product_attention's XLA computation (float32 logits and softmax, probabilities

@@ -31,7 +31,8 @@ _MASKED = -1e30     # a finite "minus infinity": a fully masked block stays NaN-
 
 
 def fits(head_dim: int, q_len: int, kv_len: int) -> bool:
-  return (head_dim in (16, 32, 64, 128) and q_len % BLOCK == 0 and kv_len % BLOCK == 0)
+  return (head_dim in (16, 32, 64, 128) and q_len % BLOCK == 0 and kv_len % BLOCK == 0
+          and q_len * kv_len <= 2**32)    # each (t, s) of a head its own 32-bit counter
 
 
 def _mix(x):
@@ -44,11 +45,13 @@ def _mix(x):
 
 
 def _keep(seed, n, rows, cols, q_len, kv_len, rate):
-  """Keep bits [len(rows), len(cols)] of head n; seed is [1] or a scalar uint32."""
-  u32 = lambda x: jnp.asarray(x).astype(jnp.uint32)     # wraps past 2**32, as the hash does
-  index = (u32(n) * q_len + u32(rows)[:, None]) * kv_len + u32(cols)[None, :]
+  """Keep bits [len(rows), len(cols)] of head n; seed is [1] or a scalar uint32. The
+  counter is t * S + s (below 2**32: fits()); the head and the seed make its key."""
+  u32 = lambda x: jnp.asarray(x).astype(jnp.uint32)
+  index = u32(rows)[:, None] * kv_len + u32(cols)[None, :]
+  key = _mix(seed.astype(jnp.uint32) ^ _mix(u32(n) + np.uint32(0x9E3779B9)))
   threshold = np.uint32(min(int(rate * 2.0**32), 2**32 - 1))
-  return _mix(index ^ _mix(seed.astype(jnp.uint32))) >= threshold
+  return _mix(index ^ key) >= threshold
 
 
 def keep_mask(seeds, num_heads, q_len, kv_len, rate):
@@ -171,8 +174,9 @@ def _specs(q, k):
 
 
 def _call(kernel, grid, in_specs, out_specs, out_shape, interpret, args, matmuls):
-  """matmuls: [B, N, T, S, H] products the kernel computes, as train_lib/flops.py counts
-  cuDNN's attention (causal in full): 2 FLOPs each, forward QK^T and PV."""
+  """matmuls: how many [B, N, T, S, H] products to count for the kernel, as
+  train_lib/flops.py counts cuDNN's attention (causal in full, 2 FLOPs each; forward QK^T
+  and PV, the backward pass 2x the forward, recomputation not counted)."""
   q, k = args[1], args[2]
   B, T, N, H = q.shape
   cost = pl.CostEstimate(flops=2 * matmuls * B * N * T * k.shape[1] * H,
