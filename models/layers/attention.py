@@ -30,6 +30,11 @@ from models.layers.named import named
 IMPLEMENTATIONS = ("auto", "cudnn", "xla", "pallas")
 
 
+def _check_known(requested: str):
+  if requested not in IMPLEMENTATIONS:
+    raise ValueError(f"attention_impl {requested!r} unknown; use one of {IMPLEMENTATIONS}")
+
+
 def choose_implementation(requested: str, dtype, head_dim: int, has_bias: bool,
                           lengths=()) -> str:
   """"auto" -> cuDNN flash attention where it applies (a GPU, 16-bit inputs, head_dim a
@@ -37,8 +42,7 @@ def choose_implementation(requested: str, dtype, head_dim: int, has_bias: bool,
   0.11.2 on an H100 and an H200, training ViT-B/16's 197 tokens through cuDNN raised
   "Unsupported sequence length Q 197, KV 197"),
   else XLA. jax's own default (None) is XLA."""
-  if requested not in IMPLEMENTATIONS:
-    raise ValueError(f"attention_impl {requested!r} unknown; use one of {IMPLEMENTATIONS}")
+  _check_known(requested)
   if requested != "auto":
     return requested
   cudnn_ok = (kernels.gpu_16bit(dtype) and head_dim % 8 == 0 and head_dim <= 128 and
@@ -166,9 +170,7 @@ class Attention(nn.Module):
     """Whether the Pallas flash attention runs: asked for ("pallas"), or "auto" with dropout
     on a GPU in 16-bit where its shapes fit (3.1x XLA's dropout path, fwd + bwd, at
     shakespeare_char's shapes on an H200: bench/RESULTS.md run 19)."""
-    if self.implementation not in IMPLEMENTATIONS:
-      raise ValueError(f"attention_impl {self.implementation!r} unknown; use one of "
-                       f"{IMPLEMENTATIONS}")
+    _check_known(self.implementation)
     T, S = q_BxTxNxH.shape[1], k_BxSxKxH.shape[1]
     fits = (flash_attention.fits(self.head_dim, T, S) and (T == S or not self.causal)
             and not masked and not kernels.is_split(("length",)))

@@ -44,12 +44,17 @@ def _mix(x):
   return x ^ (x >> 16)
 
 
-def _keep(seed, n, rows, cols, q_len, kv_len, rate):
-  """Keep bits [len(rows), len(cols)] of head n; seed is [1] or a scalar uint32. The
-  counter is t * S + s (below 2**32: fits()); the head and the seed make its key."""
+def _key(seed, n):
+  """The hash key of head n's mask; seed is [1] or a scalar uint32 (once per program)."""
+  return _mix(seed.astype(jnp.uint32) ^ _mix(jnp.asarray(n).astype(jnp.uint32)
+                                             + np.uint32(0x9E3779B9)))
+
+
+def _keep(key, rows, cols, kv_len, rate):
+  """Keep bits [len(rows), len(cols)]: the counter t * S + s (below 2**32: fits()) hashed
+  under the head's key."""
   u32 = lambda x: jnp.asarray(x).astype(jnp.uint32)
   index = u32(rows)[:, None] * kv_len + u32(cols)[None, :]
-  key = _mix(seed.astype(jnp.uint32) ^ _mix(u32(n) + np.uint32(0x9E3779B9)))
   threshold = np.uint32(min(int(rate * 2.0**32), 2**32 - 1))
   return _mix(index ^ key) >= threshold
 
@@ -57,7 +62,7 @@ def _keep(seed, n, rows, cols, q_len, kv_len, rate):
 def keep_mask(seeds, num_heads, q_len, kv_len, rate):
   """The kernels' keep bits [B, N, T, S] in plain jnp (for tests and reference)."""
   rows, cols = jnp.arange(q_len), jnp.arange(kv_len)
-  per_head = lambda seed, n: _keep(seed, n, rows, cols, q_len, kv_len, rate)
+  per_head = lambda seed, n: _keep(_key(seed, n), rows, cols, kv_len, rate)
   return jax.vmap(lambda s: jax.vmap(lambda n: per_head(s, n))(jnp.arange(num_heads)))(
       seeds[:, 0])
 
@@ -72,7 +77,7 @@ def _logits(q, k, rows, cols, scale, causal):
 def _fwd_kernel(seed_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, *, scale, causal, rate, q_len,
                 kv_len):
   i, n = pl.program_id(0), pl.program_id(2)
-  seed = seed_ref[...]
+  key = _key(seed_ref[...], n)
   q = q_ref[...]
   rows = i * BLOCK + jnp.arange(BLOCK)
   H = q.shape[-1]
@@ -88,7 +93,7 @@ def _fwd_kernel(seed_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, *, scale, causal,
     alpha = jnp.exp(m - m_new)
     l = l * alpha + p.sum(axis=1)       # the softmax's denominator counts dropped entries
     if rate > 0:
-      p = jnp.where(_keep(seed, n, rows, cols, q_len, kv_len, rate), p, 0.0)
+      p = jnp.where(_keep(key, rows, cols, kv_len, rate), p, 0.0)
     acc = acc * alpha[:, None] + plgpu.dot(p.astype(v.dtype), v)
     return acc, m_new, l
 
@@ -103,7 +108,7 @@ def _fwd_kernel(seed_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, *, scale, causal,
 def _dkv_kernel(seed_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, d_ref, dk_ref, dv_ref, *, scale,
                 causal, rate, q_len, kv_len):
   j, n = pl.program_id(0), pl.program_id(2)
-  seed = seed_ref[...]
+  key = _key(seed_ref[...], n)
   k, v = k_ref[...], v_ref[...]
   cols = j * BLOCK + jnp.arange(BLOCK)
   H = k.shape[-1]
@@ -118,7 +123,7 @@ def _dkv_kernel(seed_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, d_ref, dk_ref, d
     p = jnp.exp(_logits(q, k, rows, cols, scale, causal) - lse[:, None])
     dp = plgpu.dot(do, v.T)
     if rate > 0:
-      keep = _keep(seed, n, rows, cols, q_len, kv_len, rate)
+      keep = _keep(key, rows, cols, kv_len, rate)
       z = jnp.where(keep, 1.0 / (1.0 - rate), 0.0)
       dv = dv + plgpu.dot((p * z).astype(do.dtype).T, do)
       dp = dp * z
@@ -138,7 +143,7 @@ def _dkv_kernel(seed_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, d_ref, dk_ref, d
 def _dq_kernel(seed_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, d_ref, dq_ref, *, scale, causal,
                rate, q_len, kv_len):
   i, n = pl.program_id(0), pl.program_id(2)
-  seed = seed_ref[...]
+  key = _key(seed_ref[...], n)
   q, do = q_ref[...], do_ref[...]
   lse, d = lse_ref[...], d_ref[...]
   rows = i * BLOCK + jnp.arange(BLOCK)
@@ -150,7 +155,7 @@ def _dq_kernel(seed_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, d_ref, dq_ref, *,
     p = jnp.exp(_logits(q, k, rows, cols, scale, causal) - lse[:, None])
     dp = plgpu.dot(do, v.T)
     if rate > 0:
-      dp = jnp.where(_keep(seed, n, rows, cols, q_len, kv_len, rate), dp / (1.0 - rate), 0.0)
+      dp = jnp.where(_keep(key, rows, cols, kv_len, rate), dp / (1.0 - rate), 0.0)
     ds = p * (dp - d[:, None]) * scale
     return dq + plgpu.dot(ds.astype(k.dtype), k)
 
