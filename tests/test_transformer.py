@@ -81,11 +81,45 @@ def test_auto_attention_picks_xla_off_gpu_and_refuses_unknown_names():
     choose_implementation("flash", jnp.bfloat16, 64, False)
 
 
-def test_auto_attention_on_a_gpu_leaves_odd_lengths_to_xla(monkeypatch):
-  from models.layers import kernels
+@pytest.mark.parametrize("causal", [True, False])
+def test_odd_lengths_padded_to_even_give_the_unpadded_attention_and_gradients(causal):
+  """attend_even (cuDNN's path for ViT's 197 tokens) pads to 198 and hides the padding by the
+  sequence lengths: the same outputs and gradients as the unpadded attention, also with
+  shorter key lengths."""
+  from models.layers.attention import attend_even
+  rng = np.random.default_rng(0)
+  B, T, N, K, H = 2, 7, 4, 2, 8
+  q, k, v = (jnp.asarray(rng.normal(size=(B, T, n, H)), jnp.float32) for n in (N, K, K))
+  kv_len = jnp.array([T, 4])
+  plain = lambda q, k, v: jax.nn.dot_product_attention(
+      q, k, v, is_causal=causal, key_value_seq_lengths=kv_len, implementation="xla")
+  even = lambda q, k, v: attend_even(q, k, v, causal, kv_len, "xla")
+  np.testing.assert_allclose(even(q, k, v), plain(q, k, v), rtol=1e-5, atol=1e-6)
+  w = jnp.asarray(rng.normal(size=(B, T, N, H)), jnp.float32)
+  grads = lambda f: jax.grad(lambda *a: jnp.sum(f(*a) * w), argnums=(0, 1, 2))(q, k, v)
+  for got, want in zip(grads(even), grads(plain)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_auto_attention_on_a_gpu_sends_odd_lengths_to_cudnn_padded(monkeypatch):
+  from models.layers import attention, kernels
   monkeypatch.setattr(kernels, "gpu_16bit", lambda dtype: True)
-  assert choose_implementation("auto", jnp.bfloat16, 64, False, (256, 256)) == "cudnn"
-  assert choose_implementation("auto", jnp.bfloat16, 64, False, (197, 197)) == "xla"   # ViT
+  assert choose_implementation("auto", jnp.bfloat16, 64, False) == "cudnn"
+  calls, real = [], attention.attend_even
+
+  def on_xla(q, k, v, causal, kv_lengths, implementation):   # cuDNN is not on the CPU
+    calls.append((q.shape[1], implementation))
+    return real(q, k, v, causal, kv_lengths, "xla")
+
+  monkeypatch.setattr(attention, "attend_even", on_xla)
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 197, 32)), jnp.bfloat16)
+  layer = lambda impl: Attention(4, 4, 8, position="none", causal=False, implementation=impl,
+                                 dtype=jnp.bfloat16)
+  v = layer("xla").init(jax.random.PRNGKey(0), x, None)
+  got = layer("auto").apply(v, x, None)
+  assert calls == [(197, "cudnn")]                         # ViT-B/16's length, padded
+  np.testing.assert_allclose(np.asarray(got, np.float32),
+                             np.asarray(layer("xla").apply(v, x, None), np.float32), atol=2e-2)
 
 
 @pytest.mark.parametrize("causal", [True, False])

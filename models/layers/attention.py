@@ -35,19 +35,34 @@ def _check_known(requested: str):
     raise ValueError(f"attention_impl {requested!r} unknown; use one of {IMPLEMENTATIONS}")
 
 
-def choose_implementation(requested: str, dtype, head_dim: int, has_bias: bool,
-                          lengths=()) -> str:
+def choose_implementation(requested: str, dtype, head_dim: int, has_bias: bool) -> str:
   """"auto" -> cuDNN flash attention where it applies (a GPU, 16-bit inputs, head_dim a
-  multiple of 8 up to 128, no additive bias or mask, even query and key lengths: with jax
-  0.11.2 on an H100 and an H200, training ViT-B/16's 197 tokens through cuDNN raised
-  "Unsupported sequence length Q 197, KV 197"),
-  else XLA. jax's own default (None) is XLA."""
+  multiple of 8 up to 128, no additive bias or mask), else XLA. jax's own default (None) is
+  XLA. Odd lengths go to cuDNN padded by one position (attend_even)."""
   _check_known(requested)
   if requested != "auto":
     return requested
   cudnn_ok = (kernels.gpu_16bit(dtype) and head_dim % 8 == 0 and head_dim <= 128 and
-              not has_bias and all(n % 2 == 0 for n in lengths))
+              not has_bias)
   return "cudnn" if cudnn_ok else "xla"
+
+
+def attend_even(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, causal: bool, kv_lengths_B, implementation):
+  """jax.nn.dot_product_attention on lengths padded to even ones, the padding hidden by the
+  query and key lengths and the padded query rows dropped. jax 0.11.2 refuses odd lengths
+  when training through cuDNN ("Unsupported sequence length Q 197, KV 197" for ViT-B/16: its
+  check takes the empty array it passes for "no bias" for a bias), so odd lengths run as
+  the next even ones."""
+  B, T = q_BxTxNxH.shape[:2]
+  S = k_BxSxKxH.shape[1]
+  pad = lambda x: jnp.pad(x, ((0, 0), (0, x.shape[1] % 2), (0, 0), (0, 0)))
+  kv_lengths_B = (jnp.full((B,), S, jnp.int32) if kv_lengths_B is None
+                  else jnp.asarray(kv_lengths_B, jnp.int32))
+  out_BxTxNxH = jax.nn.dot_product_attention(
+      pad(q_BxTxNxH), pad(k_BxSxKxH), pad(v_BxSxKxH), is_causal=causal,
+      query_seq_lengths=jnp.full((B,), T, jnp.int32), key_value_seq_lengths=kv_lengths_B,
+      implementation=implementation)
+  return out_BxTxNxH[:, :T]
 
 
 def rope(x_BxTxNxH, positions_BxT, base: float = 10000.0):
@@ -157,11 +172,15 @@ class Attention(nn.Module):
                                            kv_lengths_B)
       else:
         impl = choose_implementation(self.implementation, q_BxTxNxH.dtype, self.head_dim,
-                                     bias is not None or mask is not None,
-                                     (q_BxTxNxH.shape[1], k_BxTxKxH.shape[1]))
-        out_BxTxNxH = jax.nn.dot_product_attention(
-            q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, bias=bias, mask=mask, is_causal=self.causal,
-            key_value_seq_lengths=kv_lengths_B, implementation=impl)
+                                     bias is not None or mask is not None)
+        odd = (q_BxTxNxH.shape[1] | k_BxTxKxH.shape[1]) % 2
+        if impl == "cudnn" and odd and bias is None and mask is None:
+          out_BxTxNxH = attend_even(q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, self.causal,
+                                    kv_lengths_B, impl)
+        else:
+          out_BxTxNxH = jax.nn.dot_product_attention(
+              q_BxTxNxH, k_BxTxKxH, v_BxTxKxH, bias=bias, mask=mask, is_causal=self.causal,
+              key_value_seq_lengths=kv_lengths_B, implementation=impl)
     return Projection("btnh,nhd->btd", (self.num_heads, self.head_dim, D),
                       ("heads", "head_dim", "embed"), self.out_init, self.use_bias, self.dtype,
                       self.fp8, name="out")(out_BxTxNxH)
