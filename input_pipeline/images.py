@@ -158,6 +158,10 @@ def maybe_cache(source, max_mb: int, chunk: int = 4096):
       with os.fdopen(fd, "wb") as f:
         np.savez(f, **arrays)
       os.replace(tmp, path)     # whole or absent, whichever process writes it
+      prefix = os.path.basename(path).rsplit("-", 1)[0]
+      for old in glob.glob(os.path.join(glob.escape(os.path.dirname(path)), prefix + "-*.npz")):
+        if old != path:          # the same split's file for shards since rebuilt
+          os.remove(old)
     except OSError:
       pass
     finally:
@@ -168,8 +172,8 @@ def maybe_cache(source, max_mb: int, chunk: int = 4096):
 
 def _array_file(source):
   """The arrays' file for a TFDS split: beside its ArrayRecord shards, named by the split
-  and the shards' paths, sizes and modification times (a rebuilt dataset gets a new one);
-  None for other sources."""
+  and then by the shards' paths, sizes and modification times (a rebuilt dataset gets a new
+  one, which replaces the old); None for other sources."""
   info, split = getattr(source, "dataset_info", None), getattr(source, "split", None)
   if info is None or split is None:
     return None
@@ -180,8 +184,9 @@ def _array_file(source):
     return None
   if not files:
     return None
-  key = hashlib.sha256(repr((str(split), stats)).encode()).hexdigest()[:20]
-  return os.path.join(os.path.dirname(files[0]), f"whetstone-arrays-{key}.npz")
+  digest = lambda x: hashlib.sha256(repr(x).encode()).hexdigest()
+  name = f"whetstone-arrays-{digest(str(split))[:8]}-{digest((str(split), stats))[:20]}.npz"
+  return os.path.join(os.path.dirname(files[0]), name)
 
 
 def _normalizer(train_source, num=2048):

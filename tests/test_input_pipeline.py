@@ -181,9 +181,13 @@ def test_a_split_read_once_loads_from_its_array_file(tmp_path, monkeypatch):
   torn = images.maybe_cache(images.open_source(config).train, 64).arrays
   assert decoded and all(np.array_equal(torn[k], want[k]) for k in want)
   shard = images.open_source(config).train.dataset_info.splits["train"].filepaths[0]
-  os.utime(shard, ns=(1, 1))          # a rebuilt dataset: another file, the old one stays
+  images.maybe_cache(images.open_source(config).eval, 64)
+  os.utime(shard, ns=(1, 1))          # a rebuilt dataset: another file replaces the old one
+  decoded.clear()
   images.maybe_cache(images.open_source(config).train, 64)
-  assert len(glob.glob(str(tmp_path / "**" / "whetstone-arrays-*.npz"), recursive=True)) == 2
+  assert decoded
+  now = glob.glob(str(tmp_path / "**" / "whetstone-arrays-*.npz"), recursive=True)
+  assert len(now) == 2 and files[0] not in now    # the new train file and the eval split's
   assert images.maybe_cache(first.eval, 0) is first.eval      # cache_mb=0: never read
 
 
