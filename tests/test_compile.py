@@ -86,6 +86,9 @@ def test_search_finds_the_largest_micro_batch_that_fits(tmp_path):
   micro, up = found["value"], found["next_value"]
   assert up > micro and BATCH % micro == 0 and micro % 4 == 0
   assert found["grad_accum_steps"] == BATCH // micro
+  from configs import gpt2_124m   # the search replaced the config's own value
+  own = gpt2_124m.get_config("runlocal").optim.grad_accum_steps
+  assert found["replaced"] == {"optim.grad_accum_steps": own}
   assert r["fits"] and r["peak_bytes"] <= LIMIT_GIB * 2**30 < found["next_peak_bytes"]
   assert "is set but nothing" not in proc.stderr   # the candidates' reads are the config's
   # the next size up, compiled on its own, does not fit

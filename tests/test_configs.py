@@ -102,6 +102,11 @@ def test_no_shipped_command_prints_a_false_warning(name, tmp_path, tfds_dir, cap
   config.train.num_steps, config.train.log_every, config.optim.warmup_steps = 2, 1, 0
   config.train.eval_every = config.train.checkpoint_every = 2
   config.lr_range.num_steps = 10
+  # evaluations read the same fields on fewer examples (fewer reads could only add warnings)
+  if "loss" in config.evals:
+    config.evals.loss.num_examples = 500
+  if "probe" in config.evals:
+    config.evals.probe.update(baselines=False, max_train=500)
   for key, unit in (("batch_size", 8 * config.optim.grad_accum_steps),   # 8 (fake) devices
                     ("eval_batch_size", 8)):
     config.data[key] = -(-config.data[key] // unit) * unit

@@ -148,6 +148,12 @@ def test_what_an_edited_copy_reads_counts_as_read():
   assert "train.lgo_every" in dict(config_reads.unread(tracked, "train"))
   assert tracked.seed != 7 and copied.train.lgo_every == 3
   assert "train.lgo_every" not in dict(config_reads.unread(tracked, "train"))
+  both = config_reads.track(fashion_mnist_dcgan.get_config("runlocal"))
+  both.optim.learning_rate = 3e-3       # set, then overridden in every group's copy: unread
+  both.optim.groups.discriminator = ml_collections.ConfigDict({"learning_rate": 4e-4})
+  both.optim.groups.generator = ml_collections.ConfigDict({"learning_rate": 2e-4})
+  optim.build_groups(both.optim, ("discriminator", "generator"), 100)
+  assert dict(config_reads.unread(both, "train"))["optim.learning_rate"] == 3e-3
 
 
 def curve(values, every=10):

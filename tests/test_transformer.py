@@ -91,12 +91,12 @@ def test_odd_lengths_padded_to_even_give_the_unpadded_attention_and_gradients(ca
   B, T, N, K, H = 2, 7, 4, 2, 8
   q, k, v = (jnp.asarray(rng.normal(size=(B, T, n, H)), jnp.float32) for n in (N, K, K))
   kv_len = jnp.array([T, 4])
-  plain = lambda q, k, v: jax.nn.dot_product_attention(
-      q, k, v, is_causal=causal, key_value_seq_lengths=kv_len, implementation="xla")
-  even = lambda q, k, v: attend_even(q, k, v, causal, kv_len, "xla")
+  plain = jax.jit(lambda q, k, v: jax.nn.dot_product_attention(
+      q, k, v, is_causal=causal, key_value_seq_lengths=kv_len, implementation="xla"))
+  even = jax.jit(lambda q, k, v: attend_even(q, k, v, causal, kv_len, "xla"))
   np.testing.assert_allclose(even(q, k, v), plain(q, k, v), rtol=1e-5, atol=1e-6)
   w = jnp.asarray(rng.normal(size=(B, T, N, H)), jnp.float32)
-  grads = lambda f: jax.grad(lambda *a: jnp.sum(f(*a) * w), argnums=(0, 1, 2))(q, k, v)
+  grads = lambda f: jax.jit(jax.grad(lambda *a: jnp.sum(f(*a) * w), argnums=(0, 1, 2)))(q, k, v)
   for got, want in zip(grads(even), grads(plain)):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 

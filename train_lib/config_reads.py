@@ -59,8 +59,16 @@ class _TrackedConfigDict(ml_collections.ConfigDict):
     value = super().__getitem__(key)
     reads = self.__dict__.get("_reads")  # None in copies made by ConfigDict's own methods
     if reads is not None and not reads.paused:
-      reads.paths.add(f"{self.__dict__['_path']}{key}")
+      path = f"{self.__dict__['_path']}{key}"
+      if path not in (self.__dict__.get("_written") or ()):
+        reads.paths.add(path)
     return value
+
+  def __setitem__(self, key, value):
+    super().__setitem__(key, value)
+    written = self.__dict__.get("_written")   # a copy's own edits (see copy)
+    if written is not None:
+      written.add(f"{self.__dict__['_path']}{key}")
 
   def _whole(self, method, *args, **kwargs):
     reads = self.__dict__.get("_reads") or _Reads()
@@ -101,20 +109,21 @@ def track(config):
 
 def copy(config):
   """A copy of `config` whose reads count as reads of `config` (the compile search
-  compiles edited copies; what they read was read)."""
+  compiles edited copies; what they read was read), except reads of the fields the copy
+  itself set: those read the copy's value, not config's."""
   if not isinstance(config, _TrackedConfigDict):
     return config.copy_and_resolve_references()
   out = config._whole("copy_and_resolve_references")   # copying reads no field
-  _retype(out, config.__dict__["_path"], config.__dict__["_reads"])
+  _retype(out, config.__dict__["_path"], config.__dict__["_reads"], set())
   return out
 
 
-def _retype(config, path, reads):
+def _retype(config, path, reads, written=None):
   object.__setattr__(config, "__class__", _TrackedConfigDict)
-  config.__dict__["_reads"], config.__dict__["_path"] = reads, path
+  config.__dict__.update(_reads=reads, _path=path, _written=written)
   for key, value in config.items(preserve_field_references=True):
     if isinstance(value, ml_collections.ConfigDict):
-      _retype(value, f"{path}{key}.", reads)
+      _retype(value, f"{path}{key}.", reads, written)
 
 
 def unread(config, mode: str) -> list:

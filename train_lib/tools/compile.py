@@ -396,12 +396,17 @@ def _candidates(config, what: str, tgt: Target) -> list:
 
 
 def search(config, tgt: Target):
-  """(the report of the first candidate that fits, {what, value, next value, its peak}):
+  """(the report of the first candidate that fits, {what, value, next value, its peak, the
+  config's own values of the fields the candidates set}):
   bisection on compiles, assuming memory falls monotonically along the candidates."""
   what = config.compile.search
   cands = _candidates(config, what, tgt)
   if not cands:
     raise UserError(f"compile.search={what}: no candidate divides the batch and the mesh")
+  # the config's own values of the fields every candidate sets: reported as replaced
+  replaced = ({"optim.grad_accum_steps": config.optim.grad_accum_steps}
+              if what == "micro_batch" else
+              {"mesh.fsdp": config.mesh.fsdp, "mesh.data": config.mesh.data})
   cache, shared = {}, {}   # the micro-batch leaves the eval step as it is: compiled once
 
   def compiled_report(i):
@@ -419,14 +424,14 @@ def search(config, tgt: Target):
   lo, hi = 0, len(cands) - 1
   if not compiled_report(hi)["fits"]:
     return compiled_report(hi), {"what": what, "value": None,
-                                 "tried_least": cands[hi][0]}
+                                 "tried_least": cands[hi][0], "replaced": replaced}
   while lo < hi:       # the first index that fits is in [lo, hi]
     mid = (lo + hi) // 2
     if compiled_report(mid)["fits"]:
       hi = mid
     else:
       lo = mid + 1
-  found = {"what": what, "value": cands[lo][0]}
+  found = {"what": what, "value": cands[lo][0], "replaced": replaced}
   if what == "micro_batch":
     found["grad_accum_steps"] = config.data.batch_size // cands[lo][0]
   if lo > 0:
