@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sourced at the start of each command on an offline GPU machine (bench/RESULTS.md runs):
-# installs the carried wheelhouse (tools/build_wheelhouse.sh .whl python3.12 ...) into
+# installs the carried wheelhouse (tools/build_wheelhouse.sh .whl python3.12 gpu-box) into
 # /tmp/site and puts the carried Fashion-MNIST IDX files where the data source looks.
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
   --target /tmp/site .whl/*.whl || return 1
