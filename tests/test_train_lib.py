@@ -102,6 +102,35 @@ def test_retention_keeps_newest_and_every_kth(tmp_path):
   assert sorted(int(d) for d in os.listdir(tmp_path / "checkpoints")) == [20, 40, 50, 60]
 
 
+def test_one_process_saves_small_replicated_arrays_without_compiling(tmp_path):
+  # 8 devices, each array replicated on all: orbax's replica-parallel save would compile
+  # one slice per array shape; arrays under 1 MiB a slice are written whole instead
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  everywhere = NamedSharding(jax.make_mesh((8,), ("data",)), P())
+  state = {f"w{i}": jax.device_put(jnp.full((8 * (i + 1), 3), float(i)), everywhere)
+           for i in range(6)}
+  jax.block_until_ready(state)
+  compiles = []
+
+  def count(event, duration, **kwargs):
+    if event == "/jax/core/compile/backend_compile_duration":
+      compiles.append(duration)
+  jax.monitoring.register_event_duration_secs_listener(count)
+  try:
+    ckpt = checkpointing.Checkpointer(str(tmp_path), base.get_config().train)
+    ckpt.save(1, state, _fake_iter())
+    ckpt.close()
+  finally:
+    jax.monitoring.unregister_event_duration_listener(count)
+  assert compiles == []
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=everywhere),
+                        state)
+  restored = checkpointing.Checkpointer(str(tmp_path), base.get_config().train).restore(
+      1, target)
+  for name, value in state.items():
+    np.testing.assert_array_equal(np.asarray(restored[name]), np.asarray(value))
+
+
 def _fake_iter():
   import grain
   return iter(grain.MapDataset.range(0, 100).batch(2).to_iter_dataset())
